@@ -1,0 +1,344 @@
+//! Configuration: the `Config` the server runs with, and the CLI (clap) that builds it.
+//!
+//! Every option of SPEC §2 is a flag with an environment-variable twin; clap gives the flag
+//! precedence. `Cli::into_config` turns raw input into a validated `Config` and reports every
+//! problem as one `ConfigError` line, which `main` prints before exiting with code 2. Library
+//! users (and the testkit) build a `Config` directly and call `Config::validate`.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The token the server accepts when none is configured: the one from the original Express
+/// example. Only safe on loopback, which is why `validate` refuses it elsewhere.
+pub const DEVELOPMENT_TOKEN: &str = "mysecrettoken123";
+
+/// The port of the original example (SPEC §2).
+pub const DEFAULT_PORT: u16 = 3000;
+
+/// The shared secret a client must present. Its `Debug` never shows the value, and comparison
+/// runs in constant time over SHA-256 digests so neither the content nor the length leaks.
+#[derive(Clone)]
+pub struct Token {
+    secret: Arc<str>,
+    digest: [u8; 32],
+}
+
+impl Token {
+    pub fn new(secret: impl Into<String>) -> Self {
+        let secret: String = secret.into();
+        let digest = Sha256::digest(secret.as_bytes()).into();
+        Self { secret: secret.into(), digest }
+    }
+
+    /// Whether `candidate` is this token, in time independent of where they differ.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let candidate: [u8; 32] = Sha256::digest(candidate).into();
+        self.digest.ct_eq(&candidate).into()
+    }
+
+    /// The secret itself, for code that must hand it to a client (the testkit).
+    pub fn expose(&self) -> &str {
+        &self.secret
+    }
+
+    pub fn is_development_token(&self) -> bool {
+        self.matches(DEVELOPMENT_TOKEN.as_bytes())
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(REDACTED)")
+    }
+}
+
+/// How a handshake that fails the token check is answered (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthFailureMode {
+    /// Answer `401` before any upgrade.
+    Http,
+    /// Upgrade, send close `1008` with the reason, drop. For browser pages, which cannot read
+    /// the status of a failed handshake.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything the server needs to run. `Default` is the development setup of SPEC §2.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub token: Token,
+    /// Empty means any origin is allowed.
+    pub allowed_origins: Vec<String>,
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
+    /// Messages per second per connection; 0 turns rate limiting off.
+    pub rate_limit: u32,
+    pub rate_burst: u32,
+    /// Events that may wait for one connection before it counts as a slow consumer.
+    pub send_queue: usize,
+    /// Messages kept per room for the `welcome` of new members.
+    pub history: usize,
+    pub max_rooms: usize,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub auth_failure: AuthFailureMode,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: default_listeners(),
+            token: Token::new(DEVELOPMENT_TOKEN),
+            allowed_origins: Vec::new(),
+            max_connections: 10_000,
+            max_message_bytes: 16 * 1024,
+            rate_limit: 10,
+            rate_burst: 20,
+            send_queue: 1024,
+            history: 50,
+            max_rooms: 10_000,
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+            auth_failure: AuthFailureMode::Http,
+        }
+    }
+}
+
+/// `127.0.0.1:3000` and `[::1]:3000`, so `ws://localhost:3000` works whichever address a
+/// client resolves first.
+pub fn default_listeners() -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_PORT)),
+        SocketAddr::from((Ipv6Addr::LOCALHOST, DEFAULT_PORT)),
+    ]
+}
+
+/// A configuration the server refuses to run with. Each renders as one line naming the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read token file {path}: {source}")]
+    TokenFile { path: PathBuf, source: std::io::Error },
+    #[error("the token is empty")]
+    EmptyToken,
+    #[error("give either --token or --token-file, not both")]
+    TwoTokenSources,
+    #[error(
+        "refusing to listen on non-loopback address {0} with the development token; set --token or --token-file"
+    )]
+    DevelopmentTokenInPublic(SocketAddr),
+    #[error("no listen address given")]
+    NoListener,
+    #[error("{name} must be greater than zero")]
+    MustBePositive { name: &'static str },
+    #[error("--rate-burst must be at least 1 when --rate-limit is on")]
+    ZeroBurst,
+}
+
+impl Config {
+    /// Checks the rules of SPEC §2 that a type cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::NoListener);
+        }
+        if self.token.expose().is_empty() {
+            return Err(ConfigError::EmptyToken);
+        }
+        if self.token.is_development_token() {
+            if let Some(public) = self.listen.iter().find(|addr| !addr.ip().is_loopback()) {
+                return Err(ConfigError::DevelopmentTokenInPublic(*public));
+            }
+        }
+        let positive = [
+            ("--max-connections", self.max_connections as u128),
+            ("--max-message-bytes", self.max_message_bytes as u128),
+            ("--send-queue", self.send_queue as u128),
+            ("--max-rooms", self.max_rooms as u128),
+            ("--ping-interval", self.ping_interval.as_millis()),
+            ("--idle-timeout", self.idle_timeout.as_millis()),
+            ("--handshake-timeout", self.handshake_timeout.as_millis()),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::MustBePositive { name });
+        }
+        if self.rate_limit > 0 && self.rate_burst == 0 {
+            return Err(ConfigError::ZeroBurst);
+        }
+        Ok(())
+    }
+}
+
+/// The command line of `wschat` (SPEC §2).
+#[derive(Debug, Parser)]
+#[command(name = "wschat", version, about = "A token-gated WebSocket chat server")]
+pub struct Cli {
+    /// Address to listen on, as IP:PORT (repeatable) [default: 127.0.0.1:3000 and [::1]:3000]
+    #[arg(long, value_name = "ADDR", env = "WSCHAT_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<SocketAddr>,
+    /// The shared secret clients must present [default: the development token]
+    #[arg(long, env = "WSCHAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the secret from the first line of this file
+    #[arg(long, value_name = "PATH", env = "WSCHAT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Browser origin allowed to connect (repeatable) [default: any]
+    #[arg(
+        long = "allowed-origin",
+        value_name = "ORIGIN",
+        env = "WSCHAT_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+    #[arg(long, value_name = "N", env = "WSCHAT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    #[arg(long, value_name = "N", env = "WSCHAT_MAX_MESSAGE_BYTES", default_value_t = 16_384)]
+    pub max_message_bytes: usize,
+    /// Messages per second per connection; 0 turns the limit off
+    #[arg(long, value_name = "N", env = "WSCHAT_RATE_LIMIT", default_value_t = 10)]
+    pub rate_limit: u32,
+    #[arg(long, value_name = "N", env = "WSCHAT_RATE_BURST", default_value_t = 20)]
+    pub rate_burst: u32,
+    /// Events queued per connection before it is closed as a slow consumer
+    #[arg(long, value_name = "N", env = "WSCHAT_SEND_QUEUE", default_value_t = 1024)]
+    pub send_queue: usize,
+    /// Messages kept per room
+    #[arg(long, value_name = "N", env = "WSCHAT_HISTORY", default_value_t = 50)]
+    pub history: usize,
+    #[arg(long, value_name = "N", env = "WSCHAT_MAX_ROOMS", default_value_t = 10_000)]
+    pub max_rooms: usize,
+    #[arg(long, value_name = "DURATION", env = "WSCHAT_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+    #[arg(long, value_name = "DURATION", env = "WSCHAT_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    #[arg(long, value_name = "DURATION", env = "WSCHAT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    #[arg(long, value_name = "DURATION", env = "WSCHAT_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    #[arg(long, value_enum, env = "WSCHAT_AUTH_FAILURE", default_value_t = AuthFailureMode::Http)]
+    pub auth_failure: AuthFailureMode,
+    #[arg(long, value_enum, env = "WSCHAT_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Cli {
+    /// Resolves the token source and validates the result.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let token = match (self.token, self.token_file) {
+            (Some(_), Some(_)) => return Err(ConfigError::TwoTokenSources),
+            (Some(token), None) => token,
+            (None, Some(path)) => read_token_file(path)?,
+            (None, None) => DEVELOPMENT_TOKEN.to_owned(),
+        };
+        let config = Config {
+            listen: if self.listen.is_empty() { default_listeners() } else { self.listen },
+            token: Token::new(token),
+            allowed_origins: self.allowed_origins,
+            max_connections: self.max_connections,
+            max_message_bytes: self.max_message_bytes,
+            rate_limit: self.rate_limit,
+            rate_burst: self.rate_burst,
+            send_queue: self.send_queue,
+            history: self.history,
+            max_rooms: self.max_rooms,
+            ping_interval: self.ping_interval,
+            idle_timeout: self.idle_timeout,
+            handshake_timeout: self.handshake_timeout,
+            shutdown_grace: self.shutdown_grace,
+            auth_failure: self.auth_failure,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// The secret is the file's first line; surrounding white space (a trailing `\r\n`) is not part
+/// of it.
+fn read_token_file(path: PathBuf) -> Result<String, ConfigError> {
+    let contents = std::fs::read_to_string(&path)
+        .map_err(|source| ConfigError::TokenFile { path: path.clone(), source })?;
+    let first_line = contents.lines().next().unwrap_or_default().trim();
+    if first_line.is_empty() {
+        return Err(ConfigError::EmptyToken);
+    }
+    Ok(first_line.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["wschat"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).expect("arguments parse").into_config()
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let config = parse(&[]).expect("default config is valid");
+        assert_eq!(config.listen, default_listeners());
+        assert!(config.token.is_development_token());
+        assert_eq!(config.max_message_bytes, 16_384);
+        assert_eq!(config.ping_interval, Duration::from_secs(30));
+        assert_eq!(config.auth_failure, AuthFailureMode::Http);
+    }
+
+    #[test]
+    fn durations_are_human() {
+        let config = parse(&["--idle-timeout", "500ms", "--shutdown-grace", "2m"]).unwrap();
+        assert_eq!(config.idle_timeout, Duration::from_millis(500));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn development_token_is_refused_off_loopback() {
+        let err = parse(&["--listen", "0.0.0.0:3000"]).unwrap_err();
+        assert!(matches!(err, ConfigError::DevelopmentTokenInPublic(_)), "{err}");
+        parse(&["--listen", "0.0.0.0:3000", "--token", "s3cret"]).expect("real token is fine");
+    }
+
+    #[test]
+    fn empty_token_is_refused() {
+        assert!(matches!(parse(&["--token", ""]), Err(ConfigError::EmptyToken)));
+    }
+
+    #[test]
+    fn token_file_supplies_its_first_line() {
+        let path = std::env::temp_dir().join(format!("wschat-token-{}", std::process::id()));
+        std::fs::write(&path, "from-file\r\nsecond line\n").unwrap();
+        let config = parse(&["--token-file", path.to_str().unwrap()]).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(config.token.matches(b"from-file"));
+    }
+
+    #[test]
+    fn missing_token_file_names_the_path() {
+        let err = parse(&["--token-file", "/nonexistent/wschat-token"]).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/wschat-token"), "{err}");
+    }
+
+    #[test]
+    fn token_debug_is_redacted() {
+        let token = Token::new("hunter2");
+        assert!(!format!("{token:?}").contains("hunter2"));
+        assert!(token.matches(b"hunter2"));
+        assert!(!token.matches(b"hunter3"));
+        assert!(!token.matches(b"hunter2 "));
+    }
+}

@@ -1,0 +1,447 @@
+//! The admission policy of SPEC §4 as a pure function: a request's head in, a `Decision` out.
+//!
+//! Nothing here touches a socket, the clock or shared state, so every rule is unit-tested on
+//! plain `http::Request` values. The checks that need live state (is the name taken, is the
+//! server full) come after this function, in `http.rs`, in the order the spec gives.
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, StatusCode, Version};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::config::{AuthFailureMode, Token};
+
+/// The room a connection joins when it names none.
+pub const DEFAULT_ROOM: &str = "lobby";
+
+/// Room and user names are 1 to 32 of `[A-Za-z0-9_.-]` (SPEC §4 step 4): safe in URLs, logs
+/// and HTML without escaping surprises.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// The only WebSocket version there is (RFC 6455 §4.1).
+pub const WEBSOCKET_VERSION: &str = "13";
+
+/// What the handshake policy needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub token: Token,
+    pub allowed_origins: Vec<String>,
+    pub auth_failure: AuthFailureMode,
+}
+
+/// A request that passed every stateless check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// The `Sec-WebSocket-Accept` value derived from the client's key.
+    pub accept_key: HeaderValue,
+    pub room: String,
+    /// `None` when the client named nobody; the hub assigns `guest-<n>`.
+    pub name: Option<String>,
+}
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Accept(Admission),
+    Reject(Rejection),
+    /// Auth-failure mode `close`: upgrade with this key, then send only close `1008` carrying
+    /// the rejection's reason.
+    UpgradeThenClose { accept_key: HeaderValue, rejection: Rejection },
+}
+
+/// Why a handshake was turned away. Each variant knows its status, headers and body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("not a valid WebSocket upgrade: {0}")]
+    NotWebSocket(&'static str),
+    #[error("unsupported WebSocket version")]
+    UnsupportedVersion,
+    #[error("origin not allowed")]
+    OriginNotAllowed,
+    #[error("missing token")]
+    MissingToken,
+    #[error("invalid token")]
+    InvalidToken,
+    #[error("invalid room: must be 1-32 characters of A-Z a-z 0-9 _ . -")]
+    InvalidRoom,
+    #[error("invalid name: must be 1-32 characters of A-Z a-z 0-9 _ . -")]
+    InvalidName,
+    #[error("name already taken in this room")]
+    NameTaken,
+    #[error("too many rooms")]
+    TooManyRooms,
+    #[error("server at capacity")]
+    AtCapacity,
+}
+
+/// How long a client turned away for capacity should wait before retrying, in seconds.
+/// Connections churn within seconds; a short hint spreads retries without idling a client long.
+pub const RETRY_AFTER_SECS: &str = "5";
+
+impl Rejection {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Rejection::NotWebSocket(_) | Rejection::InvalidRoom | Rejection::InvalidName => {
+                StatusCode::BAD_REQUEST
+            }
+            Rejection::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
+            Rejection::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Rejection::MissingToken | Rejection::InvalidToken => StatusCode::UNAUTHORIZED,
+            Rejection::NameTaken => StatusCode::CONFLICT,
+            Rejection::TooManyRooms | Rejection::AtCapacity => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Headers the status requires (RFC 6455 §4.4, RFC 6750 §3, RFC 9110 §10.2.3).
+    pub fn headers(self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        match self {
+            Rejection::UnsupportedVersion => {
+                headers.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static(WEBSOCKET_VERSION),
+                );
+            }
+            Rejection::MissingToken => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="wschat""#),
+                );
+            }
+            Rejection::InvalidToken => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="wschat", error="invalid_token""#),
+                );
+            }
+            Rejection::TooManyRooms | Rejection::AtCapacity => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            }
+            _ => {}
+        }
+        headers
+    }
+
+    /// The response body: the one-line reason.
+    pub fn body(self) -> String {
+        self.to_string()
+    }
+
+    /// A stable, low-cardinality label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::NotWebSocket(_) => "bad_request",
+            Rejection::UnsupportedVersion => "unsupported_version",
+            Rejection::OriginNotAllowed => "origin",
+            Rejection::MissingToken => "missing_token",
+            Rejection::InvalidToken => "invalid_token",
+            Rejection::InvalidRoom => "invalid_room",
+            Rejection::InvalidName => "invalid_name",
+            Rejection::NameTaken => "name_taken",
+            Rejection::TooManyRooms => "too_many_rooms",
+            Rejection::AtCapacity => "capacity",
+        }
+    }
+}
+
+/// Whether a request asks to become a WebSocket at all; such requests go through [`decide`]
+/// (and get a `400` if their upgrade is malformed) instead of being served the page.
+pub fn wants_upgrade<B>(request: &Request<B>) -> bool {
+    let headers = request.headers();
+    headers.contains_key(header::UPGRADE) || headers.contains_key(header::SEC_WEBSOCKET_KEY)
+}
+
+/// Runs checks 1 to 4 of SPEC §4, in order; the first that fails decides.
+pub fn decide<B>(request: &Request<B>, policy: &Policy) -> Decision {
+    let accept_key = match check_upgrade(request) {
+        Ok(key) => key,
+        Err(rejection) => return Decision::Reject(rejection),
+    };
+    if !origin_allowed(request.headers(), &policy.allowed_origins) {
+        return Decision::Reject(Rejection::OriginNotAllowed);
+    }
+    let query = request.uri().query().unwrap_or_default();
+    if let Err(rejection) = check_token(request.headers(), query, &policy.token) {
+        return match policy.auth_failure {
+            AuthFailureMode::Http => Decision::Reject(rejection),
+            AuthFailureMode::Close => Decision::UpgradeThenClose { accept_key, rejection },
+        };
+    }
+    let room = match query_param(query, "room") {
+        None => DEFAULT_ROOM.to_owned(),
+        Some(room) if is_valid_name(&room) => room,
+        Some(_) => return Decision::Reject(Rejection::InvalidRoom),
+    };
+    let name = match query_param(query, "name") {
+        None => None,
+        Some(name) if is_valid_name(&name) => Some(name),
+        Some(_) => return Decision::Reject(Rejection::InvalidName),
+    };
+    Decision::Accept(Admission { accept_key, room, name })
+}
+
+/// RFC 6455 §4.2.1: what makes a request a WebSocket opening handshake.
+fn check_upgrade<B>(request: &Request<B>) -> Result<HeaderValue, Rejection> {
+    if request.method() != Method::GET {
+        return Err(Rejection::NotWebSocket("method must be GET"));
+    }
+    if request.version() < Version::HTTP_11 {
+        return Err(Rejection::NotWebSocket("HTTP/1.1 or later required"));
+    }
+    let headers = request.headers();
+    if !headers.contains_key(header::HOST) {
+        return Err(Rejection::NotWebSocket("missing Host header"));
+    }
+    if !header_has_token(headers, header::CONNECTION, "upgrade") {
+        return Err(Rejection::NotWebSocket("Connection header must include upgrade"));
+    }
+    if !header_has_token(headers, header::UPGRADE, "websocket") {
+        return Err(Rejection::NotWebSocket("Upgrade header must be websocket"));
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|key| is_websocket_key(key.as_bytes()))
+        .ok_or(Rejection::NotWebSocket("missing or malformed Sec-WebSocket-Key"))?;
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes)
+        != Some(WEBSOCKET_VERSION.as_bytes())
+    {
+        return Err(Rejection::UnsupportedVersion);
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    // The accept key is base64, always a valid header value.
+    HeaderValue::from_str(&accept).map_err(|_| Rejection::NotWebSocket("unusable key"))
+}
+
+/// Whether any comma-separated element of any `name` header equals `token`, ignoring case.
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|element| element.trim().eq_ignore_ascii_case(token))
+}
+
+/// A key is the base64 of 16 bytes: 22 significant characters and `==` (RFC 6455 §4.1).
+fn is_websocket_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22].iter().all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+}
+
+/// Requests without `Origin` come from non-browser clients and pass; browsers always send it.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/');
+    allowed.iter().any(|candidate| candidate.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
+/// The token presented by the client: `Authorization: Bearer` wins over the query.
+fn check_token(headers: &HeaderMap, query: &str, token: &Token) -> Result<(), Rejection> {
+    let presented = bearer_token(headers).map(str::as_bytes).map(<[u8]>::to_vec).or_else(|| {
+        query_param(query, "token").map(String::into_bytes)
+    });
+    match presented {
+        None => Err(Rejection::MissingToken),
+        Some(candidate) if token.matches(&candidate) => Ok(()),
+        Some(_) => Err(Rejection::InvalidToken),
+    }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header (RFC 6750 §2.1), if any.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credentials) = value.split_once(' ')?;
+    let credentials = credentials.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !credentials.is_empty()).then_some(credentials)
+}
+
+/// The first value of `key` in a form-urlencoded query, as `URLSearchParams.get` would return
+/// it. An empty value counts as absent, like a blank form field.
+pub fn query_param(query: &str, key: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == key)
+        .map(|(_, value)| value.into_owned())
+        .filter(|value| !value.is_empty())
+}
+
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// The request target with every `token` parameter's value replaced by `REDACTED`, for logs.
+pub fn redacted_target(uri: &http::Uri) -> String {
+    let path = uri.path();
+    let Some(query) = uri.query() else {
+        return path.to_owned();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            let (raw_key, _) = pair.split_once('=').unwrap_or((pair, ""));
+            // Compare the decoded key, so `tok%65n=` is caught just like `token=`.
+            let is_token = form_urlencoded::parse(raw_key.as_bytes())
+                .next()
+                .is_some_and(|(key, _)| key == "token");
+            if is_token {
+                format!("{raw_key}=REDACTED")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect();
+    format!("{path}?{}", pairs.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "s3cret";
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn policy(mode: AuthFailureMode) -> Policy {
+        Policy { token: Token::new(SECRET), allowed_origins: vec![], auth_failure: mode }
+    }
+
+    fn upgrade(uri: &str) -> http::request::Builder {
+        Request::get(uri)
+            .header(header::HOST, "localhost")
+            .header(header::CONNECTION, "keep-alive, Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_KEY, KEY)
+            .header(header::SEC_WEBSOCKET_VERSION, "13")
+    }
+
+    fn decide_http(request: Request<()>) -> Decision {
+        decide(&request, &policy(AuthFailureMode::Http))
+    }
+
+    #[test]
+    fn accepts_and_derives_the_rfc_accept_key() {
+        let Decision::Accept(admission) =
+            decide_http(upgrade("/?token=s3cret&room=dev&name=al").body(()).unwrap())
+        else {
+            panic!("expected acceptance");
+        };
+        // The worked example of RFC 6455 §1.3.
+        assert_eq!(admission.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(admission.room, "dev");
+        assert_eq!(admission.name.as_deref(), Some("al"));
+    }
+
+    #[test]
+    fn defaults_room_and_leaves_name_to_the_hub() {
+        let Decision::Accept(admission) =
+            decide_http(upgrade("/?token=s3cret&room=&name=").body(()).unwrap())
+        else {
+            panic!("expected acceptance");
+        };
+        assert_eq!(admission.room, DEFAULT_ROOM);
+        assert_eq!(admission.name, None);
+    }
+
+    #[test]
+    fn malformed_upgrades_are_bad_requests() {
+        let cases = [
+            upgrade("/?token=s3cret").method("POST"),
+            upgrade("/?token=s3cret").version(Version::HTTP_10),
+            Request::get("/?token=s3cret")
+                .header(header::HOST, "h")
+                .header(header::UPGRADE, "websocket")
+                .header(header::SEC_WEBSOCKET_KEY, KEY)
+                .header(header::SEC_WEBSOCKET_VERSION, "13"),
+            upgrade("/?token=s3cret").header(header::SEC_WEBSOCKET_KEY, "short"),
+        ];
+        for builder in cases {
+            let request = builder.body(()).unwrap();
+            let decision = decide_http(request);
+            assert!(
+                matches!(decision, Decision::Reject(Rejection::NotWebSocket(_))),
+                "{decision:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_versions_get_426() {
+        let mut request = upgrade("/?token=s3cret").body(()).unwrap();
+        request.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
+        assert_eq!(decide_http(request), Decision::Reject(Rejection::UnsupportedVersion));
+        assert_eq!(
+            Rejection::UnsupportedVersion.headers()[header::SEC_WEBSOCKET_VERSION],
+            "13"
+        );
+    }
+
+    #[test]
+    fn origin_is_checked_before_the_token() {
+        let policy = Policy {
+            allowed_origins: vec!["https://chat.example".into()],
+            ..policy(AuthFailureMode::Http)
+        };
+        let foreign = upgrade("/").header(header::ORIGIN, "https://evil.example").body(()).unwrap();
+        assert_eq!(decide(&foreign, &policy), Decision::Reject(Rejection::OriginNotAllowed));
+        let own = upgrade("/?token=s3cret")
+            .header(header::ORIGIN, "https://CHAT.example")
+            .body(())
+            .unwrap();
+        assert!(matches!(decide(&own, &policy), Decision::Accept(_)));
+        let no_origin = upgrade("/?token=s3cret").body(()).unwrap();
+        assert!(matches!(decide(&no_origin, &policy), Decision::Accept(_)));
+    }
+
+    #[test]
+    fn close_mode_upgrades_token_failures_only() {
+        let close = policy(AuthFailureMode::Close);
+        let wrong = upgrade("/?token=nope").body(()).unwrap();
+        assert!(matches!(
+            decide(&wrong, &close),
+            Decision::UpgradeThenClose { rejection: Rejection::InvalidToken, .. }
+        ));
+        let bad_room = upgrade("/?token=s3cret&room=a%20b").body(()).unwrap();
+        assert_eq!(decide(&bad_room, &close), Decision::Reject(Rejection::InvalidRoom));
+    }
+
+    #[test]
+    fn bearer_header_wins_over_the_query() {
+        let request = upgrade("/?token=wrong")
+            .header(header::AUTHORIZATION, "Bearer s3cret")
+            .body(())
+            .unwrap();
+        assert!(matches!(decide_http(request), Decision::Accept(_)));
+        let basic = upgrade("/?token=s3cret")
+            .header(header::AUTHORIZATION, "Basic czNjcmV0")
+            .body(())
+            .unwrap();
+        assert!(matches!(decide_http(basic), Decision::Accept(_)), "non-bearer auth is ignored");
+    }
+
+    #[test]
+    fn names_follow_the_pattern() {
+        assert!(is_valid_name("a"));
+        assert!(is_valid_name("Alice_01.dev-x"));
+        assert!(is_valid_name(&"x".repeat(32)));
+        assert!(!is_valid_name(&"x".repeat(33)));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("a b"));
+        assert!(!is_valid_name("émile"));
+    }
+
+    #[test]
+    fn redaction_hides_every_token_spelling() {
+        let uri: http::Uri = "/?room=a&token=s3cret&tok%65n=x&token=y&name=b".parse().unwrap();
+        let shown = redacted_target(&uri);
+        assert_eq!(shown, "/?room=a&token=REDACTED&tok%65n=REDACTED&token=REDACTED&name=b");
+        let plain: http::Uri = "/healthz".parse().unwrap();
+        assert_eq!(redacted_target(&plain), "/healthz");
+    }
+}

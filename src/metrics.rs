@@ -1,0 +1,153 @@
+//! Counters and gauges of SPEC §7, and their Prometheus rendering for `/metrics`.
+//!
+//! Each `Server` owns its own registry (no process-global state), so many servers can run in
+//! one test binary without sharing numbers. Labels are fixed, low-cardinality reasons; nothing
+//! a client sends (least of all a token) ever becomes a label.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The media type of the OpenMetrics text that `prometheus-client` writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Cheap to clone: every clone updates the same series.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    connections: Gauge,
+    accepted: Counter,
+    rejected: Family<ReasonLabel, Counter>,
+    disconnects: Family<ReasonLabel, Counter>,
+    received: Counter,
+    delivered: Counter,
+    rate_limited: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wschat");
+        let connections = Gauge::default();
+        let accepted = Counter::default();
+        let rejected = Family::<ReasonLabel, Counter>::default();
+        let disconnects = Family::<ReasonLabel, Counter>::default();
+        let received = Counter::default();
+        let delivered = Counter::default();
+        let rate_limited = Counter::default();
+        registry.register("connections", "Open chat connections", connections.clone());
+        registry.register("connections_accepted", "Handshakes accepted", accepted.clone());
+        registry.register(
+            "handshakes_rejected",
+            "Handshakes rejected, by reason",
+            rejected.clone(),
+        );
+        registry.register(
+            "disconnects",
+            "Chat connections ended, by reason",
+            disconnects.clone(),
+        );
+        registry.register("messages_received", "Chat messages posted", received.clone());
+        registry.register(
+            "messages_delivered",
+            "Chat messages queued to room members",
+            delivered.clone(),
+        );
+        registry.register(
+            "messages_rate_limited",
+            "Messages refused by the rate limit",
+            rate_limited.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                connections,
+                accepted,
+                rejected,
+                disconnects,
+                received,
+                delivered,
+                rate_limited,
+            }),
+        }
+    }
+
+    pub fn connection_opened(&self) {
+        self.inner.accepted.inc();
+        self.inner.connections.inc();
+    }
+
+    /// `reason` is a fixed label such as `client_closed` or `slow_consumer`.
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.inner.connections.dec();
+        self.inner.disconnects.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn handshake_rejected(&self, reason: &'static str) {
+        self.inner.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn message_received(&self) {
+        self.inner.received.inc();
+    }
+
+    pub fn messages_delivered(&self, count: u64) {
+        self.inner.delivered.inc_by(count);
+    }
+
+    pub fn message_rate_limited(&self) {
+        self.inner.rate_limited.inc();
+    }
+
+    /// The current number of open chat connections.
+    pub fn open_connections(&self) -> i64 {
+        self.inner.connections.get()
+    }
+
+    /// Renders every series in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_reasons() {
+        let metrics = Metrics::new();
+        metrics.connection_opened();
+        metrics.handshake_rejected("invalid_token");
+        metrics.messages_delivered(3);
+        let text = metrics.render();
+        assert!(text.contains("wschat_connections 1"), "{text}");
+        assert!(text.contains("wschat_connections_accepted_total 1"), "{text}");
+        assert!(
+            text.contains(r#"wschat_handshakes_rejected_total{reason="invalid_token"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("wschat_messages_delivered_total 3"), "{text}");
+    }
+}

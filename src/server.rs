@@ -1,0 +1,215 @@
+//! Listeners, the accept loop, and graceful shutdown.
+//!
+//! `Server::bind` opens every listener up front (so callers learn the real ports, and bad
+//! addresses fail before anything runs). `Server::run` accepts connections until its shutdown
+//! future resolves. Each TCP connection gets one task, owned by a `JoinSet` here: the task
+//! serves HTTP with hyper and, if the request was upgraded, goes on to run the chat connection.
+//! On shutdown the listeners close, hyper connections finish gracefully (hyper-util's
+//! `GracefulShutdown`), chat connections send close 1001 and wait for the client's reply, and
+//! whatever is still running when the grace period ends is aborted. No task outlives `run`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::select_all;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::connection::{self, Connection, ConnectionLimits};
+use crate::handshake::Policy;
+use crate::http::{self as routes, AppState, PendingUpgrade, UpgradeSlot};
+use crate::hub::{Hub, HubLimits};
+use crate::metrics::Metrics;
+
+/// Pause after a failed `accept` (typically out of file descriptors) so the loop does not spin
+/// while the condition lasts.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+/// A bound, not yet running, chat server.
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    state: Arc<AppState>,
+    http: auto::Builder<TokioExecutor>,
+    shutdown_grace: Duration,
+}
+
+impl Server {
+    /// Validates `config` and binds every listen address.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        config.validate()?;
+        let mut listeners = Vec::with_capacity(config.listen.len());
+        for &addr in &config.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            listeners.push(listener);
+        }
+        Ok(Self::from_listeners(listeners, config))
+    }
+
+    /// Builds a server on listeners the caller has bound already (e.g. to skip an address the
+    /// host does not have).
+    pub fn from_listeners(listeners: Vec<TcpListener>, config: Config) -> Self {
+        let metrics = Metrics::new();
+        let hub = Hub::new(
+            HubLimits {
+                history: config.history,
+                max_rooms: config.max_rooms,
+                send_queue: config.send_queue,
+            },
+            metrics.clone(),
+        );
+        let limits = ConnectionLimits {
+            max_message_bytes: config.max_message_bytes,
+            rate_limit: config.rate_limit,
+            rate_burst: config.rate_burst,
+            ping_interval: config.ping_interval,
+            idle_timeout: config.idle_timeout,
+            shutdown_grace: config.shutdown_grace,
+        };
+        let state = Arc::new(AppState {
+            policy: Policy {
+                token: config.token.clone(),
+                allowed_origins: config.allowed_origins.clone(),
+                auth_failure: config.auth_failure,
+            },
+            hub,
+            metrics,
+            limits,
+            capacity: Arc::new(Semaphore::new(config.max_connections)),
+            shutdown: CancellationToken::new(),
+        });
+        // WebSocket upgrades are HTTP/1.1 only (RFC 6455); HTTP/2 would need RFC 8441.
+        let mut http = auto::Builder::new(TokioExecutor::new()).http1_only();
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.handshake_timeout);
+        Self { listeners, state, http, shutdown_grace: config.shutdown_grace }
+    }
+
+    /// The addresses actually bound (with real ports when `:0` was asked for).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|listener| listener.local_addr().ok()).collect()
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        self.state.metrics.clone()
+    }
+
+    pub fn hub(&self) -> Hub {
+        self.state.hub.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully (SPEC §6) and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server { listeners, state, http, shutdown_grace } = self;
+        let http = Arc::new(http);
+        let graceful = GracefulShutdown::new();
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+
+        loop {
+            let accept = select_all(listeners.iter().map(|listener| Box::pin(listener.accept())));
+            tokio::select! {
+                () = &mut shutdown => break,
+                (accepted, _, _) = accept => match accepted {
+                    Ok((stream, peer)) => {
+                        let task = serve_tcp(
+                            stream,
+                            peer,
+                            Arc::clone(&state),
+                            Arc::clone(&http),
+                            graceful.watcher(),
+                        );
+                        connections.spawn(task);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+
+        tracing::info!(open = connections.len(), "shutting down");
+        drop(listeners);
+        state.shutdown.cancel();
+        let drain = async {
+            graceful.shutdown().await;
+            while connections.join_next().await.is_some() {}
+        };
+        if tokio::time::timeout(shutdown_grace, drain).await.is_err() {
+            tracing::warn!(left = connections.len(), "grace period over; dropping connections");
+            connections.shutdown().await;
+        }
+    }
+}
+
+/// One TCP connection: HTTP until hyper hands over an upgraded socket, then the chat.
+async fn serve_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+) {
+    // Chat frames are small and latency matters more than packet count.
+    let _ = stream.set_nodelay(true);
+    let slot: UpgradeSlot = Arc::new(Mutex::new(None));
+    let service = {
+        let (state, slot) = (Arc::clone(&state), Arc::clone(&slot));
+        service_fn(move |request| routes::handle(request, Arc::clone(&state), peer, Arc::clone(&slot)))
+    };
+    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+    if let Err(error) = watcher.watch(conn).await {
+        tracing::debug!(%peer, %error, "http connection ended with an error");
+    }
+    let pending = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+    match pending {
+        None => {}
+        Some(PendingUpgrade::Refuse { upgrade, reason }) => {
+            if let Ok(upgraded) = upgrade.await {
+                let socket = connection::accept_socket(upgraded, &state.limits).await;
+                connection::close_immediately(socket, reason).await;
+            }
+        }
+        Some(PendingUpgrade::Chat { upgrade, reservation, permit }) => {
+            let Ok(upgraded) = upgrade.await else {
+                tracing::debug!(%peer, "upgrade did not complete");
+                return;
+            };
+            let socket = connection::accept_socket(upgraded, &state.limits).await;
+            let joined = reservation.join();
+            let connection = Connection::new(
+                socket,
+                joined,
+                state.limits,
+                state.shutdown.clone(),
+                state.metrics.clone(),
+                peer,
+            );
+            connection.run().await;
+            drop(permit);
+        }
+    }
+}
