@@ -18,7 +18,7 @@ use futures_util::future::{Fuse, FutureExt};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::{interval_at, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -170,6 +170,9 @@ impl RateLimiter {
 /// One accepted chat connection, from its `welcome` to its close frame.
 pub struct Connection {
     socket: Socket,
+    // Field order is drop order: the capacity permit is released before the membership
+    // announces `leave`, so whoever hears the leave can already take the freed slot.
+    _capacity_permit: OwnedSemaphorePermit,
     membership: Membership,
     welcome: Utf8Bytes,
     events: mpsc::Receiver<Utf8Bytes>,
@@ -185,6 +188,7 @@ impl Connection {
     pub fn new(
         socket: Socket,
         joined: Joined,
+        permit: OwnedSemaphorePermit,
         limits: ConnectionLimits,
         shutdown: CancellationToken,
         metrics: Metrics,
@@ -192,6 +196,7 @@ impl Connection {
     ) -> Self {
         Self {
             socket,
+            _capacity_permit: permit,
             membership: joined.membership,
             welcome: joined.welcome,
             events: joined.events,

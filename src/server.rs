@@ -203,13 +203,13 @@ async fn serve_tcp(
             let connection = Connection::new(
                 socket,
                 joined,
+                permit,
                 state.limits,
                 state.shutdown.clone(),
                 state.metrics.clone(),
                 peer,
             );
             connection.run().await;
-            drop(permit);
         }
     }
 }

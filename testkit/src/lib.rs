@@ -1,1 +1,631 @@
+//! `wschat-testkit`: start a real `wschat` server inside a test and drive it with async
+//! WebSocket clients.
+//!
+//! [`TestServer`] runs the real library server in-process on `127.0.0.1:0` with a fresh random
+//! token, so any number of them can run in parallel in one test binary. [`ClientBuilder`]
+//! connects to it with a chosen token, room and name, and yields either a connected [`Client`]
+//! (whose `welcome` has already been read) or a [`ConnectError`], whose
+//! [`Rejected`](ConnectError::Rejected) variant carries the HTTP status, headers and body.
+//! Every wait has a timeout ([`DEFAULT_TIMEOUT`]); a helper that times out or sees something
+//! unexpected panics with a message saying what it waited for, so a failing test fails fast
+//! and clearly instead of hanging.
+//!
+//! The event types are the server's own ([`ServerEvent`], [`ChatMessage`]), re-exported here.
+//!
+//! ```
+//! use wschat_testkit::TestServer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let server = TestServer::start().await;
+//! let mut alice = server.client().name("alice").connect_ok().await;
+//! let mut bob = server.client().name("bob").connect_ok().await;
+//!
+//! alice.say("hello").await;
+//! assert_eq!(bob.recv_message().await.text, "hello");
+//! assert_eq!(alice.recv_message().await.user, "alice"); // the sender gets it too
+//!
+//! let rejected = server.client().token("wrong").connect_rejected().await;
+//! assert_eq!(rejected.status, 401);
+//! server.shutdown().await;
+//! # }
+//! ```
 
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub use wschat::protocol::{ChatMessage, ErrorCode, ServerEvent};
+pub use wschat::{AuthFailureMode, Config, Metrics, Token};
+
+/// Characters of a URL quoted in a failure message.
+const MAX_URL_IN_MESSAGES: usize = 120;
+
+/// How long every helper waits before it gives up and panics.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A real `wschat` server running in this process on a random loopback port.
+///
+/// Dropping it starts a graceful shutdown; [`TestServer::shutdown`] also waits for it.
+pub struct TestServer {
+    addr: SocketAddr,
+    token: String,
+    metrics: Metrics,
+    hub: wschat::hub::Hub,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server with [`TestServer::config`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let server = wschat_testkit::TestServer::start().await;
+    /// assert!(server.ws_url().starts_with("ws://127.0.0.1:"));
+    /// # }
+    /// ```
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server with [`TestServer::config`] as changed by `adjust`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let server = wschat_testkit::TestServer::start_with(|config| config.history = 2).await;
+    /// # drop(server);
+    /// # }
+    /// ```
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Self::config();
+        adjust(&mut config);
+        Self::start_config(config).await
+    }
+
+    /// Starts a server with exactly `config` (it should listen on port 0).
+    pub async fn start_config(config: Config) -> Self {
+        let token = config.token.expose().to_owned();
+        let server = wschat::Server::bind(config)
+            .await
+            .unwrap_or_else(|error| panic!("test server failed to start: {error}"));
+        let addr = *server
+            .local_addrs()
+            .first()
+            .unwrap_or_else(|| panic!("test server has no listener"));
+        let metrics = server.metrics();
+        let hub = server.hub();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(server.run(stop.clone().cancelled_owned()));
+        Self { addr, token, metrics, hub, stop, task: Some(task) }
+    }
+
+    /// The configuration tests start from: the spec's defaults, one listener on
+    /// `127.0.0.1:0`, and a fresh random token.
+    pub fn config() -> Config {
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            token: Token::new(random_token()),
+            ..Config::default()
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The token clients must present.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// `ws://127.0.0.1:PORT/`, without any query.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT` followed by `path`.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The server's live metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// How many rooms the server retains.
+    pub fn room_count(&self) -> usize {
+        self.hub.room_count()
+    }
+
+    /// A client builder preset with this server's address and token (in the query).
+    pub fn client(&self) -> ClientBuilder {
+        ClientBuilder::new(self.addr).token(self.token.clone())
+    }
+
+    /// Sends one raw HTTP/1.1 request (`Connection: close` is added) and reads the response.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let server = wschat_testkit::TestServer::start().await;
+    /// let response = server.http("GET", "/healthz", &[]).await;
+    /// assert_eq!((response.status.as_u16(), response.body.as_str()), (200, "ok"));
+    /// # }
+    /// ```
+    pub async fn http(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("Connection: close\r\n\r\n");
+        let exchange = async {
+            let mut stream = TcpStream::connect(self.addr).await?;
+            stream.write_all(request.as_bytes()).await?;
+            let mut raw = Vec::new();
+            stream.read_to_end(&mut raw).await?;
+            Ok::<_, std::io::Error>(raw)
+        };
+        let raw = within(DEFAULT_TIMEOUT, "an HTTP response", exchange)
+            .await
+            .unwrap_or_else(|error| panic!("HTTP {method} {path} failed: {error}"));
+        HttpResponse::parse(&raw)
+            .unwrap_or_else(|| panic!("unparseable HTTP response: {}", String::from_utf8_lossy(&raw)))
+    }
+
+    /// Shuts the server down gracefully and waits until it has stopped.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn random_token() -> String {
+    format!("test-{:032x}", rand::random::<u128>())
+}
+
+/// A parsed HTTP response from [`TestServer::http`].
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl HttpResponse {
+    fn parse(raw: &[u8]) -> Option<Self> {
+        let split = raw.windows(4).position(|window| window == b"\r\n\r\n")?;
+        let head = std::str::from_utf8(&raw[..split]).ok()?;
+        let mut lines = head.split("\r\n");
+        let status = lines.next()?.split(' ').nth(1)?.parse::<u16>().ok()?;
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            let (name, value) = line.split_once(':')?;
+            headers.append(
+                HeaderName::from_bytes(name.trim().as_bytes()).ok()?,
+                HeaderValue::from_str(value.trim()).ok()?,
+            );
+        }
+        Some(Self {
+            status: StatusCode::from_u16(status).ok()?,
+            headers,
+            body: String::from_utf8_lossy(&raw[split + 4..]).into_owned(),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum TokenPlacement {
+    None,
+    Query(String),
+    Bearer(String),
+}
+
+/// Builds a connection attempt. Start from [`TestServer::client`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    addr: SocketAddr,
+    token: TokenPlacement,
+    room: Option<String>,
+    name: Option<String>,
+    raw_query: Option<String>,
+    headers: Vec<(String, String)>,
+    timeout: Duration,
+}
+
+impl ClientBuilder {
+    /// A builder for any `wschat` server at `addr` (a separate process, say), with no token.
+    ///
+    /// ```no_run
+    /// # async fn demo() {
+    /// let addr = "127.0.0.1:3000".parse().unwrap();
+    /// let client = wschat_testkit::ClientBuilder::new(addr)
+    ///     .token("mysecrettoken123")
+    ///     .name("alice")
+    ///     .connect_ok()
+    ///     .await;
+    /// assert_eq!(client.user(), "alice");
+    /// # }
+    /// ```
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            token: TokenPlacement::None,
+            room: None,
+            name: None,
+            raw_query: None,
+            headers: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Presents `token` as the `token` query parameter (form-urlencoded).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = TokenPlacement::Query(token.into());
+        self
+    }
+
+    /// Presents no token at all.
+    pub fn no_token(mut self) -> Self {
+        self.token = TokenPlacement::None;
+        self
+    }
+
+    /// Presents `token` in an `Authorization: Bearer` header instead of the query.
+    pub fn bearer(mut self, token: impl Into<String>) -> Self {
+        self.token = TokenPlacement::Bearer(token.into());
+        self
+    }
+
+    pub fn room(mut self, room: impl Into<String>) -> Self {
+        self.room = Some(room.into());
+        self
+    }
+
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Uses `query` verbatim as the request's query string, replacing the token (unless it is
+    /// a bearer token), room and name parameters. For tests of query parsing.
+    pub fn raw_query(mut self, query: impl Into<String>) -> Self {
+        self.raw_query = Some(query.into());
+        self
+    }
+
+    /// Adds a header to the handshake request (e.g. `Origin`).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// How long this client's helpers wait (default [`DEFAULT_TIMEOUT`]).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The URL this builder connects to.
+    pub fn url(&self) -> String {
+        let query = match &self.raw_query {
+            Some(raw) => raw.clone(),
+            None => {
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                if let TokenPlacement::Query(token) = &self.token {
+                    query.append_pair("token", token);
+                }
+                if let Some(room) = &self.room {
+                    query.append_pair("room", room);
+                }
+                if let Some(name) = &self.name {
+                    query.append_pair("name", name);
+                }
+                query.finish()
+            }
+        };
+        if query.is_empty() {
+            format!("ws://{}/", self.addr)
+        } else {
+            format!("ws://{}/?{query}", self.addr)
+        }
+    }
+
+    /// Connects and reads the first frame, which must be `welcome`.
+    pub async fn connect(self) -> Result<Client, ConnectError> {
+        let url = self.url();
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|error| {
+                ConnectError::Failed(format!("bad request for {}: {error}", self.url_for_messages()))
+            })?;
+        if let TokenPlacement::Bearer(token) = &self.token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|error| ConnectError::Failed(error.to_string()))?;
+            request.headers_mut().insert(http::header::AUTHORIZATION, value);
+        }
+        for (name, value) in &self.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|error| ConnectError::Failed(error.to_string()))?;
+            let value =
+                HeaderValue::from_str(value).map_err(|error| ConnectError::Failed(error.to_string()))?;
+            request.headers_mut().insert(name, value);
+        }
+        let handshake = tokio_tungstenite::connect_async_with_config(request, None, true);
+        let socket = match timeout(self.timeout, handshake).await {
+            Err(_) => {
+                let url = self.url_for_messages();
+                return Err(ConnectError::Failed(format!("handshake with {url} timed out")));
+            }
+            Ok(Err(WsError::Http(response))) => {
+                let (parts, body) = (*response).into_parts();
+                return Err(ConnectError::Rejected(Rejected {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body: String::from_utf8_lossy(&body.unwrap_or_default()).into_owned(),
+                }));
+            }
+            Ok(Err(error)) => return Err(ConnectError::Failed(error.to_string())),
+            Ok(Ok((socket, _response))) => socket,
+        };
+        let mut client = Client { socket, timeout: self.timeout, welcome: None };
+        match client.next_frame("the welcome event").await {
+            Frame::Event(ServerEvent::Welcome { user, room, members, history }) => {
+                client.welcome = Some(Welcome { user, room, members, history });
+                Ok(client)
+            }
+            Frame::Event(other) => {
+                Err(ConnectError::Failed(format!("first event was not welcome but {other:?}")))
+            }
+            Frame::Close(code, reason) => Err(ConnectError::Closed { code, reason }),
+            Frame::Ended(why) => Err(ConnectError::Failed(why)),
+        }
+    }
+
+    /// The URL, shortened for messages (a test may use a 64 KiB token).
+    fn url_for_messages(&self) -> String {
+        let url = self.url();
+        match url.char_indices().nth(MAX_URL_IN_MESSAGES) {
+            Some((cut, _)) => format!("{}…", &url[..cut]),
+            None => url,
+        }
+    }
+
+    /// Connects and panics unless the server accepted the client and sent `welcome` first.
+    pub async fn connect_ok(self) -> Client {
+        let url = self.url_for_messages();
+        self.connect()
+            .await
+            .unwrap_or_else(|error| panic!("expected {url} to connect, but {error}"))
+    }
+
+    /// Connects and panics unless the server rejected the handshake with an HTTP status.
+    pub async fn connect_rejected(self) -> Rejected {
+        let url = self.url_for_messages();
+        match self.connect().await {
+            Err(ConnectError::Rejected(rejected)) => rejected,
+            Ok(client) => panic!("expected {url} to be rejected, but it connected as {}", client.user()),
+            Err(other) => panic!("expected {url} to be rejected with a status, but {other}"),
+        }
+    }
+}
+
+/// A handshake the server answered with an HTTP status instead of `101`.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Rejected {
+    /// The value of header `name`, or `""` when absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or_default()
+    }
+}
+
+/// Why [`ClientBuilder::connect`] did not produce a client.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The server answered the handshake with this HTTP response.
+    Rejected(Rejected),
+    /// The server upgraded but sent a close frame instead of `welcome`.
+    Closed { code: u16, reason: String },
+    /// Anything else: timeout, I/O error, an unexpected first frame.
+    Failed(String),
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::Rejected(rejected) => {
+                write!(f, "it was rejected with {} ({:?})", rejected.status, rejected.body)
+            }
+            ConnectError::Closed { code, reason } => {
+                write!(f, "it was closed with {code} ({reason:?}) before welcome")
+            }
+            ConnectError::Failed(why) => write!(f, "it failed: {why}"),
+        }
+    }
+}
+
+/// The `welcome` a connected client received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    pub user: String,
+    pub room: String,
+    pub members: Vec<String>,
+    pub history: Vec<ChatMessage>,
+}
+
+enum Frame {
+    Event(ServerEvent),
+    Close(u16, String),
+    Ended(String),
+}
+
+/// A connected chat client whose `welcome` has been received.
+pub struct Client {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    timeout: Duration,
+    welcome: Option<Welcome>,
+}
+
+impl Client {
+    /// The `welcome` this client received when it connected.
+    pub fn welcome(&self) -> &Welcome {
+        self.welcome.as_ref().unwrap_or_else(|| unreachable!("set by connect"))
+    }
+
+    /// The name the server gave this client.
+    pub fn user(&self) -> &str {
+        &self.welcome().user
+    }
+
+    /// Posts `text` with a `{"type":"say"}` command.
+    pub async fn say(&mut self, text: &str) {
+        let command = serde_json::json!({ "type": "say", "text": text }).to_string();
+        self.send_text(&command).await;
+    }
+
+    /// Sends one raw text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.send(Message::text(text)).await;
+    }
+
+    /// Sends any frame, e.g. a binary one.
+    pub async fn send(&mut self, message: Message) {
+        let send = self.socket.send(message);
+        within(self.timeout, "a frame to be sent", send)
+            .await
+            .unwrap_or_else(|error| panic!("sending a frame failed: {error}"));
+    }
+
+    /// The next event, whatever its type.
+    pub async fn recv(&mut self) -> ServerEvent {
+        match self.next_frame("the next event").await {
+            Frame::Event(event) => event,
+            Frame::Close(code, reason) => {
+                panic!("expected an event, but the server closed with {code} ({reason:?})")
+            }
+            Frame::Ended(why) => panic!("expected an event, but {why}"),
+        }
+    }
+
+    /// The next `message` event, skipping `join` and `leave`. Panics on an `error` event.
+    pub async fn recv_message(&mut self) -> ChatMessage {
+        loop {
+            match self.recv().await {
+                ServerEvent::Message(message) => return message,
+                ServerEvent::Join { .. } | ServerEvent::Leave { .. } => continue,
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next `error` event's code, skipping `join` and `leave`.
+    pub async fn recv_error(&mut self) -> ErrorCode {
+        loop {
+            match self.recv().await {
+                ServerEvent::Error { code, .. } => return code,
+                ServerEvent::Join { .. } | ServerEvent::Leave { .. } => continue,
+                other => panic!("expected an error event, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server's close frame, skipping any events before it, and returns its
+    /// code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match self.next_frame("a close frame").await {
+                Frame::Event(_) => continue,
+                Frame::Close(code, reason) => return (code, reason),
+                Frame::Ended(why) => panic!("expected a close frame, but {why}"),
+            }
+        }
+    }
+
+    /// Asserts that no event arrives within `period`.
+    pub async fn expect_silence(&mut self, period: Duration) {
+        match timeout(period, self.next_frame_untimed()).await {
+            Err(_) => {}
+            Ok(Frame::Event(event)) => panic!("expected silence, got {event:?}"),
+            Ok(Frame::Close(code, reason)) => {
+                panic!("expected silence, got close {code} ({reason:?})")
+            }
+            Ok(Frame::Ended(why)) => panic!("expected silence, but {why}"),
+        }
+    }
+
+    /// Closes the connection with a normal close handshake.
+    pub async fn close(mut self) {
+        let _ = within(self.timeout, "the close handshake", async {
+            let _ = self.socket.close(None).await;
+            while let Some(Ok(_)) = self.socket.next().await {}
+        })
+        .await;
+    }
+
+    async fn next_frame(&mut self, waiting_for: &str) -> Frame {
+        let period = self.timeout;
+        within(period, waiting_for, self.next_frame_untimed()).await
+    }
+
+    async fn next_frame_untimed(&mut self) -> Frame {
+        loop {
+            match self.socket.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    return match serde_json::from_str::<ServerEvent>(&text) {
+                        Ok(event) => Frame::Event(event),
+                        Err(error) => Frame::Ended(format!("the server sent {text:?}: {error}")),
+                    };
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = frame
+                        .map(|CloseFrame { code, reason }| (u16::from(code), reason.to_string()))
+                        .unwrap_or((1005, String::new()));
+                    return Frame::Close(code, reason);
+                }
+                Some(Ok(Message::Binary(data))) => {
+                    return Frame::Ended(format!("the server sent a binary frame of {} bytes", data.len()));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => return Frame::Ended(format!("the connection failed: {error}")),
+                None => return Frame::Ended("the connection ended without a close frame".into()),
+            }
+        }
+    }
+}
+
+/// Awaits `future` for at most `period`, panicking with what was awaited.
+async fn within<T>(period: Duration, waiting_for: &str, future: impl std::future::Future<Output = T>) -> T {
+    timeout(period, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {period:?} waiting for {waiting_for}"))
+}
