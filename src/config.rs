@@ -34,7 +34,10 @@ impl Token {
     pub fn new(secret: impl Into<String>) -> Self {
         let secret: String = secret.into();
         let digest = Sha256::digest(secret.as_bytes()).into();
-        Self { secret: secret.into(), digest }
+        Self {
+            secret: secret.into(),
+            digest,
+        }
     }
 
     /// Whether `candidate` is this token, in time independent of where they differ.
@@ -134,7 +137,10 @@ pub fn default_listeners() -> Vec<SocketAddr> {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read token file {path}: {source}")]
-    TokenFile { path: PathBuf, source: std::io::Error },
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the token is empty")]
     EmptyToken,
     #[error("give either --token or --token-file, not both")]
@@ -186,10 +192,19 @@ impl Config {
 
 /// The command line of `wschat` (SPEC §2).
 #[derive(Debug, Parser)]
-#[command(name = "wschat", version, about = "A token-gated WebSocket chat server")]
+#[command(
+    name = "wschat",
+    version,
+    about = "A token-gated WebSocket chat server"
+)]
 pub struct Cli {
     /// Address to listen on, as IP:PORT (repeatable) [default: 127.0.0.1:3000 and [::1]:3000]
-    #[arg(long, value_name = "ADDR", env = "WSCHAT_LISTEN", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "WSCHAT_LISTEN",
+        value_delimiter = ','
+    )]
     pub listen: Vec<SocketAddr>,
     /// The shared secret clients must present [default: the development token]
     #[arg(long, env = "WSCHAT_TOKEN", hide_env_values = true)]
@@ -205,22 +220,52 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
-    #[arg(long, value_name = "N", env = "WSCHAT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "WSCHAT_MAX_CONNECTIONS",
+        default_value_t = 10_000
+    )]
     pub max_connections: usize,
-    #[arg(long, value_name = "N", env = "WSCHAT_MAX_MESSAGE_BYTES", default_value_t = 16_384)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "WSCHAT_MAX_MESSAGE_BYTES",
+        default_value_t = 16_384
+    )]
     pub max_message_bytes: usize,
     /// Messages per second per connection; 0 turns the limit off
-    #[arg(long, value_name = "N", env = "WSCHAT_RATE_LIMIT", default_value_t = 10)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "WSCHAT_RATE_LIMIT",
+        default_value_t = 10
+    )]
     pub rate_limit: u32,
-    #[arg(long, value_name = "N", env = "WSCHAT_RATE_BURST", default_value_t = 20)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "WSCHAT_RATE_BURST",
+        default_value_t = 20
+    )]
     pub rate_burst: u32,
     /// Events queued per connection before it is closed as a slow consumer
-    #[arg(long, value_name = "N", env = "WSCHAT_SEND_QUEUE", default_value_t = 1024)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "WSCHAT_SEND_QUEUE",
+        default_value_t = 1024
+    )]
     pub send_queue: usize,
     /// Messages kept per room
     #[arg(long, value_name = "N", env = "WSCHAT_HISTORY", default_value_t = 50)]
     pub history: usize,
-    #[arg(long, value_name = "N", env = "WSCHAT_MAX_ROOMS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "WSCHAT_MAX_ROOMS",
+        default_value_t = 10_000
+    )]
     pub max_rooms: usize,
     #[arg(long, value_name = "DURATION", env = "WSCHAT_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
@@ -246,7 +291,11 @@ impl Cli {
             (None, None) => DEVELOPMENT_TOKEN.to_owned(),
         };
         let config = Config {
-            listen: if self.listen.is_empty() { default_listeners() } else { self.listen },
+            listen: if self.listen.is_empty() {
+                default_listeners()
+            } else {
+                self.listen
+            },
             token: Token::new(token),
             allowed_origins: self.allowed_origins,
             max_connections: self.max_connections,
@@ -270,8 +319,10 @@ impl Cli {
 /// The secret is the file's first line; surrounding white space (a trailing `\r\n`) is not part
 /// of it.
 fn read_token_file(path: PathBuf) -> Result<String, ConfigError> {
-    let contents = std::fs::read_to_string(&path)
-        .map_err(|source| ConfigError::TokenFile { path: path.clone(), source })?;
+    let contents = std::fs::read_to_string(&path).map_err(|source| ConfigError::TokenFile {
+        path: path.clone(),
+        source,
+    })?;
     let first_line = contents.lines().next().unwrap_or_default().trim();
     if first_line.is_empty() {
         return Err(ConfigError::EmptyToken);
@@ -286,7 +337,9 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["wschat"];
         argv.extend_from_slice(args);
-        Cli::try_parse_from(argv).expect("arguments parse").into_config()
+        Cli::try_parse_from(argv)
+            .expect("arguments parse")
+            .into_config()
     }
 
     #[test]
@@ -309,13 +362,19 @@ mod tests {
     #[test]
     fn development_token_is_refused_off_loopback() {
         let err = parse(&["--listen", "0.0.0.0:3000"]).unwrap_err();
-        assert!(matches!(err, ConfigError::DevelopmentTokenInPublic(_)), "{err}");
+        assert!(
+            matches!(err, ConfigError::DevelopmentTokenInPublic(_)),
+            "{err}"
+        );
         parse(&["--listen", "0.0.0.0:3000", "--token", "s3cret"]).expect("real token is fine");
     }
 
     #[test]
     fn empty_token_is_refused() {
-        assert!(matches!(parse(&["--token", ""]), Err(ConfigError::EmptyToken)));
+        assert!(matches!(
+            parse(&["--token", ""]),
+            Err(ConfigError::EmptyToken)
+        ));
     }
 
     #[test]
@@ -330,7 +389,10 @@ mod tests {
     #[test]
     fn missing_token_file_names_the_path() {
         let err = parse(&["--token-file", "/nonexistent/wschat-token"]).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/wschat-token"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/wschat-token"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -20,9 +20,9 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::{interval_at, sleep_until, timeout, Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -321,8 +321,19 @@ impl Connection {
     /// Writes `first` (and, with `drain`, whatever else the room has queued) and flushes once.
     /// Gives up if the hub kicks us, the server shuts down or the idle deadline passes while
     /// the client is not reading.
-    async fn write(&mut self, first: Message, drain: bool, idle_deadline: Instant) -> Result<(), Ending> {
-        let Self { socket, events, kicked, shutdown, .. } = self;
+    async fn write(
+        &mut self,
+        first: Message,
+        drain: bool,
+        idle_deadline: Instant,
+    ) -> Result<(), Ending> {
+        let Self {
+            socket,
+            events,
+            kicked,
+            shutdown,
+            ..
+        } = self;
         let batch = async {
             socket.feed(first).await?;
             if drain {
@@ -352,7 +363,10 @@ impl Connection {
         };
         let socket = &mut self.socket;
         let handshake = async {
-            let frame = close.map(|(code, reason)| CloseFrame { code, reason: reason.into() });
+            let frame = close.map(|(code, reason)| CloseFrame {
+                code,
+                reason: reason.into(),
+            });
             if socket.close(frame).await.is_err() {
                 return;
             }
@@ -375,13 +389,23 @@ fn ending_for(error: WsError) -> Ending {
 }
 
 fn error_event(code: ErrorCode, message: &str) -> Message {
-    Message::Text(ServerEvent::Error { code, message: message.to_owned() }.to_json().into())
+    Message::Text(
+        ServerEvent::Error {
+            code,
+            message: message.to_owned(),
+        }
+        .to_json()
+        .into(),
+    )
 }
 
 /// Upgrades, sends only close 1008 with `reason`, and drops the connection (auth-failure mode
 /// `close`).
 pub async fn close_immediately(mut socket: Socket, reason: &'static str) {
-    let frame = CloseFrame { code: CloseCode::Policy, reason: reason.into() };
+    let frame = CloseFrame {
+        code: CloseCode::Policy,
+        reason: reason.into(),
+    };
     let handshake = async {
         if socket.close(Some(frame)).await.is_ok() {
             while let Some(Ok(_)) = socket.next().await {}

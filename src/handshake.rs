@@ -45,7 +45,10 @@ pub enum Decision {
     Reject(Rejection),
     /// Auth-failure mode `close`: upgrade with this key, then send only close `1008` carrying
     /// the rejection's reason.
-    UpgradeThenClose { accept_key: HeaderValue, rejection: Rejection },
+    UpgradeThenClose {
+        accept_key: HeaderValue,
+        rejection: Rejection,
+    },
 }
 
 /// Why a handshake was turned away. Each variant knows its status, headers and body.
@@ -114,7 +117,10 @@ impl Rejection {
                 );
             }
             Rejection::TooManyRooms | Rejection::AtCapacity => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
             }
             _ => {}
         }
@@ -163,7 +169,10 @@ pub fn decide<B>(request: &Request<B>, policy: &Policy) -> Decision {
     if let Err(rejection) = check_token(request.headers(), query, &policy.token) {
         return match policy.auth_failure {
             AuthFailureMode::Http => Decision::Reject(rejection),
-            AuthFailureMode::Close => Decision::UpgradeThenClose { accept_key, rejection },
+            AuthFailureMode::Close => Decision::UpgradeThenClose {
+                accept_key,
+                rejection,
+            },
         };
     }
     let room = match query_param(query, "room") {
@@ -176,7 +185,11 @@ pub fn decide<B>(request: &Request<B>, policy: &Policy) -> Decision {
         Some(name) if is_valid_name(&name) => Some(name),
         Some(_) => return Decision::Reject(Rejection::InvalidName),
     };
-    Decision::Accept(Admission { accept_key, room, name })
+    Decision::Accept(Admission {
+        accept_key,
+        room,
+        name,
+    })
 }
 
 /// RFC 6455 §4.2.1: what makes a request a WebSocket opening handshake.
@@ -192,7 +205,9 @@ fn check_upgrade<B>(request: &Request<B>) -> Result<HeaderValue, Rejection> {
         return Err(Rejection::NotWebSocket("missing Host header"));
     }
     if !header_has_token(headers, header::CONNECTION, "upgrade") {
-        return Err(Rejection::NotWebSocket("Connection header must include upgrade"));
+        return Err(Rejection::NotWebSocket(
+            "Connection header must include upgrade",
+        ));
     }
     if !header_has_token(headers, header::UPGRADE, "websocket") {
         return Err(Rejection::NotWebSocket("Upgrade header must be websocket"));
@@ -200,8 +215,12 @@ fn check_upgrade<B>(request: &Request<B>) -> Result<HeaderValue, Rejection> {
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .filter(|key| is_websocket_key(key.as_bytes()))
-        .ok_or(Rejection::NotWebSocket("missing or malformed Sec-WebSocket-Key"))?;
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes)
+        .ok_or(Rejection::NotWebSocket(
+            "missing or malformed Sec-WebSocket-Key",
+        ))?;
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
         != Some(WEBSOCKET_VERSION.as_bytes())
     {
         return Err(Rejection::UnsupportedVersion);
@@ -225,7 +244,9 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 fn is_websocket_key(key: &[u8]) -> bool {
     key.len() == 24
         && key.ends_with(b"==")
-        && key[..22].iter().all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        && key[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
 }
 
 /// Requests without `Origin` come from non-browser clients and pass; browsers always send it.
@@ -240,14 +261,17 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
         return false;
     };
     let origin = origin.trim_end_matches('/');
-    allowed.iter().any(|candidate| candidate.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    allowed
+        .iter()
+        .any(|candidate| candidate.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
 /// The token presented by the client: `Authorization: Bearer` wins over the query.
 fn check_token(headers: &HeaderMap, query: &str, token: &Token) -> Result<(), Rejection> {
-    let presented = bearer_token(headers).map(str::as_bytes).map(<[u8]>::to_vec).or_else(|| {
-        query_param(query, "token").map(String::into_bytes)
-    });
+    let presented = bearer_token(headers)
+        .map(str::as_bytes)
+        .map(<[u8]>::to_vec)
+        .or_else(|| query_param(query, "token").map(String::into_bytes));
     match presented {
         None => Err(Rejection::MissingToken),
         Some(candidate) if token.matches(&candidate) => Ok(()),
@@ -274,7 +298,9 @@ pub fn query_param(query: &str, key: &str) -> Option<String> {
 
 pub fn is_valid_name(name: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// The request target with every `token` parameter's value replaced by `REDACTED`, for logs.
@@ -309,7 +335,11 @@ mod tests {
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
     fn policy(mode: AuthFailureMode) -> Policy {
-        Policy { token: Token::new(SECRET), allowed_origins: vec![], auth_failure: mode }
+        Policy {
+            token: Token::new(SECRET),
+            allowed_origins: vec![],
+            auth_failure: mode,
+        }
     }
 
     fn upgrade(uri: &str) -> http::request::Builder {
@@ -374,8 +404,13 @@ mod tests {
     #[test]
     fn other_versions_get_426() {
         let mut request = upgrade("/?token=s3cret").body(()).unwrap();
-        request.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
-        assert_eq!(decide_http(request), Decision::Reject(Rejection::UnsupportedVersion));
+        request
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
+        assert_eq!(
+            decide_http(request),
+            Decision::Reject(Rejection::UnsupportedVersion)
+        );
         assert_eq!(
             Rejection::UnsupportedVersion.headers()[header::SEC_WEBSOCKET_VERSION],
             "13"
@@ -388,8 +423,14 @@ mod tests {
             allowed_origins: vec!["https://chat.example".into()],
             ..policy(AuthFailureMode::Http)
         };
-        let foreign = upgrade("/").header(header::ORIGIN, "https://evil.example").body(()).unwrap();
-        assert_eq!(decide(&foreign, &policy), Decision::Reject(Rejection::OriginNotAllowed));
+        let foreign = upgrade("/")
+            .header(header::ORIGIN, "https://evil.example")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            decide(&foreign, &policy),
+            Decision::Reject(Rejection::OriginNotAllowed)
+        );
         let own = upgrade("/?token=s3cret")
             .header(header::ORIGIN, "https://CHAT.example")
             .body(())
@@ -405,10 +446,16 @@ mod tests {
         let wrong = upgrade("/?token=nope").body(()).unwrap();
         assert!(matches!(
             decide(&wrong, &close),
-            Decision::UpgradeThenClose { rejection: Rejection::InvalidToken, .. }
+            Decision::UpgradeThenClose {
+                rejection: Rejection::InvalidToken,
+                ..
+            }
         ));
         let bad_room = upgrade("/?token=s3cret&room=a%20b").body(()).unwrap();
-        assert_eq!(decide(&bad_room, &close), Decision::Reject(Rejection::InvalidRoom));
+        assert_eq!(
+            decide(&bad_room, &close),
+            Decision::Reject(Rejection::InvalidRoom)
+        );
     }
 
     #[test]
@@ -422,7 +469,10 @@ mod tests {
             .header(header::AUTHORIZATION, "Basic czNjcmV0")
             .body(())
             .unwrap();
-        assert!(matches!(decide_http(basic), Decision::Accept(_)), "non-bearer auth is ignored");
+        assert!(
+            matches!(decide_http(basic), Decision::Accept(_)),
+            "non-bearer auth is ignored"
+        );
     }
 
     #[test]
@@ -438,9 +488,14 @@ mod tests {
 
     #[test]
     fn redaction_hides_every_token_spelling() {
-        let uri: http::Uri = "/?room=a&token=s3cret&tok%65n=x&token=y&name=b".parse().unwrap();
+        let uri: http::Uri = "/?room=a&token=s3cret&tok%65n=x&token=y&name=b"
+            .parse()
+            .unwrap();
         let shown = redacted_target(&uri);
-        assert_eq!(shown, "/?room=a&token=REDACTED&tok%65n=REDACTED&token=REDACTED&name=b");
+        assert_eq!(
+            shown,
+            "/?room=a&token=REDACTED&tok%65n=REDACTED&token=REDACTED&name=b"
+        );
         let plain: http::Uri = "/healthz".parse().unwrap();
         assert_eq!(redacted_target(&plain), "/healthz");
     }

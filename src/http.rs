@@ -45,9 +45,16 @@ pub struct AppState {
 
 /// A handshake that was answered `101`, waiting for hyper to hand over the socket.
 pub enum PendingUpgrade {
-    Chat { upgrade: OnUpgrade, reservation: Reservation, permit: OwnedSemaphorePermit },
+    Chat {
+        upgrade: OnUpgrade,
+        reservation: Reservation,
+        permit: OwnedSemaphorePermit,
+    },
     /// Auth-failure mode `close`: the socket only gets close 1008 with this reason.
-    Refuse { upgrade: OnUpgrade, reason: &'static str },
+    Refuse {
+        upgrade: OnUpgrade,
+        reason: &'static str,
+    },
 }
 
 /// Where the service leaves a pending upgrade for the connection task.
@@ -73,9 +80,10 @@ pub async fn handle(
         "/healthz" => plain(StatusCode::OK, "ok"),
         "/metrics" => {
             let mut response = Response::new(Body::from(state.metrics.render()));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            );
             response
         }
         _ => plain(StatusCode::NOT_FOUND, "not found"),
@@ -100,7 +108,10 @@ fn upgrade(
     };
     let (accept_key, pending) = match handshake::decide(&request, &state.policy) {
         Decision::Reject(rejection) => return reject(rejection),
-        Decision::UpgradeThenClose { accept_key, rejection } => {
+        Decision::UpgradeThenClose {
+            accept_key,
+            rejection,
+        } => {
             // The client sees 101 and then close 1008; the log and metric record the refusal.
             record(rejection);
             let reason = match rejection {
@@ -119,7 +130,14 @@ fn upgrade(
                 return reject(Rejection::AtCapacity);
             };
             let upgrade = hyper::upgrade::on(&mut request);
-            (admission.accept_key, PendingUpgrade::Chat { upgrade, reservation, permit })
+            (
+                admission.accept_key,
+                PendingUpgrade::Chat {
+                    upgrade,
+                    reservation,
+                    permit,
+                },
+            )
         }
     };
     *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(pending);
@@ -140,23 +158,27 @@ fn rejection_response(rejection: Rejection) -> Response<Body> {
 
 fn page() -> Response<Body> {
     let mut response = Response::new(Body::from(PAGE));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     response
 }
 
 fn method_not_allowed() -> Response<Body> {
     let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
     response
 }
 
 fn plain(status: StatusCode, body: &str) -> Response<Body> {
     let mut response = Response::new(Body::from(body.to_owned()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

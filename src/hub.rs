@@ -85,7 +85,10 @@ impl Hub {
     pub fn new(limits: HubLimits, metrics: Metrics) -> Self {
         Self {
             inner: Arc::new(HubInner {
-                registry: Mutex::new(Registry { rooms: HashMap::new(), evicted_id_floor: 1 }),
+                registry: Mutex::new(Registry {
+                    rooms: HashMap::new(),
+                    evicted_id_floor: 1,
+                }),
                 limits,
                 metrics,
                 next_guest: AtomicU64::new(1),
@@ -107,7 +110,10 @@ impl Hub {
             Some(name) if state.is_taken(&name) => return Err(Rejection::NameTaken),
             Some(name) => name,
             None => loop {
-                let guest = format!("guest-{}", self.inner.next_guest.fetch_add(1, Ordering::Relaxed));
+                let guest = format!(
+                    "guest-{}",
+                    self.inner.next_guest.fetch_add(1, Ordering::Relaxed)
+                );
                 if !state.is_taken(&guest) {
                     break guest;
                 }
@@ -115,12 +121,18 @@ impl Hub {
         };
         state.reserved.insert(name.clone());
         drop(state);
-        Ok(Reservation { hub: self.clone(), room, name: Some(name) })
+        Ok(Reservation {
+            hub: self.clone(),
+            room,
+            name: Some(name),
+        })
     }
 
     fn create_room(&self, registry: &mut Registry, name: &str) -> Result<Arc<Room>, Rejection> {
         if registry.rooms.len() >= self.inner.limits.max_rooms {
-            registry.evict_one_idle_room().ok_or(Rejection::TooManyRooms)?;
+            registry
+                .evict_one_idle_room()
+                .ok_or(Rejection::TooManyRooms)?;
         }
         let room = Arc::new(Room {
             name: Arc::from(name),
@@ -132,7 +144,9 @@ impl Hub {
                 last_active: Instant::now(),
             }),
         });
-        registry.rooms.insert(Arc::clone(&room.name), Arc::clone(&room));
+        registry
+            .rooms
+            .insert(Arc::clone(&room.name), Arc::clone(&room));
         Ok(room)
     }
 
@@ -150,7 +164,9 @@ impl Registry {
             .iter()
             .filter_map(|(name, room)| {
                 let state = lock(&room.state);
-                state.is_idle().then(|| (Arc::clone(name), state.next_id, state.last_active))
+                state
+                    .is_idle()
+                    .then(|| (Arc::clone(name), state.next_id, state.last_active))
             })
             .min_by_key(|(_, _, last_active)| *last_active)
             .map(|(name, next_id, _)| (name, next_id))?;
@@ -170,7 +186,10 @@ impl RoomState {
     }
 
     fn member_names(&self) -> Vec<String> {
-        self.members.iter().map(|member| member.name.clone()).collect()
+        self.members
+            .iter()
+            .map(|member| member.name.clone())
+            .collect()
     }
 
     /// Queues `event` for every member except `skip`; returns how many got it. Members whose
@@ -204,7 +223,8 @@ impl RoomState {
                 ts: now_millis(),
             });
             for other in &self.members {
-                if let Err(mpsc::error::TrySendError::Full(_)) = other.events.try_send(leave.clone())
+                if let Err(mpsc::error::TrySendError::Full(_)) =
+                    other.events.try_send(leave.clone())
                 {
                     overflowed.push(other.connection);
                 }
@@ -247,7 +267,11 @@ impl Reservation {
         let name = self.name.take().unwrap_or_default();
         let (events_tx, events) = mpsc::channel(self.hub.inner.limits.send_queue);
         let (kick_tx, kicked) = oneshot::channel();
-        let connection = self.hub.inner.next_connection.fetch_add(1, Ordering::Relaxed);
+        let connection = self
+            .hub
+            .inner
+            .next_connection
+            .fetch_add(1, Ordering::Relaxed);
         let room_name = self.room.name.to_string();
 
         let mut state = lock(&self.room.state);
@@ -344,7 +368,10 @@ impl Membership {
 impl Drop for Membership {
     fn drop(&mut self) {
         let mut state = lock(&self.room.state);
-        let Some(index) = state.members.iter().position(|m| m.connection == self.connection)
+        let Some(index) = state
+            .members
+            .iter()
+            .position(|m| m.connection == self.connection)
         else {
             // Already removed as a slow consumer; its leave was announced then.
             return;
@@ -365,11 +392,15 @@ fn encode(event: &ServerEvent) -> Utf8Bytes {
 }
 
 fn now_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// Locks a mutex, shrugging off poisoning: every critical section here leaves the state
 /// consistent before anything that could panic, so a poisoned lock still guards valid data.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -24,7 +24,10 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             let message = error.to_string();
-            let first_line = message.lines().find(|line| !line.trim().is_empty()).unwrap_or("");
+            let first_line = message
+                .lines()
+                .find(|line| !line.trim().is_empty())
+                .unwrap_or("");
             eprintln!("wschat: {}", first_line.trim_start_matches("error: "));
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
@@ -56,7 +59,9 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     if config.token.is_development_token() {
-        tracing::warn!("no token configured: using the development token; set --token or --token-file");
+        tracing::warn!(
+            "no token configured: using the development token; set --token or --token-file"
+        );
     }
     let listeners = bind_listeners(&config).await?;
     let server = Server::from_listeners(listeners, config);
@@ -86,8 +91,10 @@ async fn bind_listeners(config: &Config) -> anyhow::Result<Vec<TcpListener>> {
 }
 
 fn is_unavailable(error: &io::Error) -> bool {
-    matches!(error.kind(), ErrorKind::AddrNotAvailable | ErrorKind::Unsupported)
-        || error.raw_os_error() == Some(97) // EAFNOSUPPORT on Linux
+    matches!(
+        error.kind(),
+        ErrorKind::AddrNotAvailable | ErrorKind::Unsupported
+    ) || error.raw_os_error() == Some(97) // EAFNOSUPPORT on Linux
 }
 
 fn init_logging(format: LogFormat) {

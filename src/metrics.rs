@@ -54,7 +54,11 @@ impl Metrics {
         let delivered = Counter::default();
         let rate_limited = Counter::default();
         registry.register("connections", "Open chat connections", connections.clone());
-        registry.register("connections_accepted", "Handshakes accepted", accepted.clone());
+        registry.register(
+            "connections_accepted",
+            "Handshakes accepted",
+            accepted.clone(),
+        );
         registry.register(
             "handshakes_rejected",
             "Handshakes rejected, by reason",
@@ -65,7 +69,11 @@ impl Metrics {
             "Chat connections ended, by reason",
             disconnects.clone(),
         );
-        registry.register("messages_received", "Chat messages posted", received.clone());
+        registry.register(
+            "messages_received",
+            "Chat messages posted",
+            received.clone(),
+        );
         registry.register(
             "messages_delivered",
             "Chat messages queued to room members",
@@ -98,11 +106,17 @@ impl Metrics {
     /// `reason` is a fixed label such as `client_closed` or `slow_consumer`.
     pub fn connection_closed(&self, reason: &'static str) {
         self.inner.connections.dec();
-        self.inner.disconnects.get_or_create(&ReasonLabel { reason }).inc();
+        self.inner
+            .disconnects
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn handshake_rejected(&self, reason: &'static str) {
-        self.inner.rejected.get_or_create(&ReasonLabel { reason }).inc();
+        self.inner
+            .rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn message_received(&self) {
@@ -143,7 +157,10 @@ mod tests {
         metrics.messages_delivered(3);
         let text = metrics.render();
         assert!(text.contains("wschat_connections 1"), "{text}");
-        assert!(text.contains("wschat_connections_accepted_total 1"), "{text}");
+        assert!(
+            text.contains("wschat_connections_accepted_total 1"),
+            "{text}"
+        );
         assert!(
             text.contains(r#"wschat_handshakes_rejected_total{reason="invalid_token"} 1"#),
             "{text}"

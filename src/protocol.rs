@@ -32,9 +32,20 @@ pub enum ServerEvent {
         history: Vec<ChatMessage>,
     },
     Message(ChatMessage),
-    Join { room: String, user: String, ts: u64 },
-    Leave { room: String, user: String, ts: u64 },
-    Error { code: ErrorCode, message: String },
+    Join {
+        room: String,
+        user: String,
+        ts: u64,
+    },
+    Leave {
+        room: String,
+        user: String,
+        ts: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// Machine-readable reason carried by an `error` event.
@@ -107,7 +118,10 @@ mod tests {
 
     #[test]
     fn plain_text_is_a_message() {
-        assert_eq!(parse_client_frame("hello"), ClientFrame::Say("hello".into()));
+        assert_eq!(
+            parse_client_frame("hello"),
+            ClientFrame::Say("hello".into())
+        );
     }
 
     #[test]
@@ -121,7 +135,11 @@ mod tests {
     #[test]
     fn json_without_string_type_is_plain_text() {
         for frame in [r#"{"text":"x"}"#, r#"{"type":5}"#, "[1,2]", "{not json"] {
-            assert_eq!(parse_client_frame(frame), ClientFrame::Say(frame.into()), "{frame}");
+            assert_eq!(
+                parse_client_frame(frame),
+                ClientFrame::Say(frame.into()),
+                "{frame}"
+            );
         }
     }
 
@@ -152,7 +170,10 @@ mod tests {
             event.to_json(),
             r#"{"type":"message","id":17,"room":"lobby","user":"alice","text":"hi","ts":1764000000000}"#
         );
-        let error = ServerEvent::Error { code: ErrorCode::RateLimited, message: "slow down".into() };
+        let error = ServerEvent::Error {
+            code: ErrorCode::RateLimited,
+            message: "slow down".into(),
+        };
         assert_eq!(
             error.to_json(),
             r#"{"type":"error","code":"rate_limited","message":"slow down"}"#

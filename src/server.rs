@@ -103,12 +103,20 @@ impl Server {
         http.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(config.handshake_timeout);
-        Self { listeners, state, http, shutdown_grace: config.shutdown_grace }
+        Self {
+            listeners,
+            state,
+            http,
+            shutdown_grace: config.shutdown_grace,
+        }
     }
 
     /// The addresses actually bound (with real ports when `:0` was asked for).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|listener| listener.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|listener| listener.local_addr().ok())
+            .collect()
     }
 
     pub fn metrics(&self) -> Metrics {
@@ -121,7 +129,12 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then shuts down gracefully (SPEC §6) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server { listeners, state, http, shutdown_grace } = self;
+        let Server {
+            listeners,
+            state,
+            http,
+            shutdown_grace,
+        } = self;
         let http = Arc::new(http);
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
@@ -159,7 +172,10 @@ impl Server {
             while connections.join_next().await.is_some() {}
         };
         if tokio::time::timeout(shutdown_grace, drain).await.is_err() {
-            tracing::warn!(left = connections.len(), "grace period over; dropping connections");
+            tracing::warn!(
+                left = connections.len(),
+                "grace period over; dropping connections"
+            );
             connections.shutdown().await;
         }
     }
@@ -178,13 +194,20 @@ async fn serve_tcp(
     let slot: UpgradeSlot = Arc::new(Mutex::new(None));
     let service = {
         let (state, slot) = (Arc::clone(&state), Arc::clone(&slot));
-        service_fn(move |request| routes::handle(request, Arc::clone(&state), peer, Arc::clone(&slot)))
+        service_fn(move |request| {
+            routes::handle(request, Arc::clone(&state), peer, Arc::clone(&slot))
+        })
     };
-    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+    let conn = http
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
     if let Err(error) = watcher.watch(conn).await {
         tracing::debug!(%peer, %error, "http connection ended with an error");
     }
-    let pending = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+    let pending = slot
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
     match pending {
         None => {}
         Some(PendingUpgrade::Refuse { upgrade, reason }) => {
@@ -193,7 +216,11 @@ async fn serve_tcp(
                 connection::close_immediately(socket, reason).await;
             }
         }
-        Some(PendingUpgrade::Chat { upgrade, reservation, permit }) => {
+        Some(PendingUpgrade::Chat {
+            upgrade,
+            reservation,
+            permit,
+        }) => {
             let Ok(upgraded) = upgrade.await else {
                 tracing::debug!(%peer, "upgrade did not complete");
                 return;

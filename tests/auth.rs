@@ -43,8 +43,14 @@ fn percent_encode_every_byte(text: &str) -> String {
     Presentation::Query(format!("token={}", percent_encode_every_byte(SECRET))),
     Outcome::Accepted
 )]
-#[case::duplicate_right_first(query("token=correct+horse%2Bbattery&token=wrong"), Outcome::Accepted)]
-#[case::duplicate_wrong_first(query("token=wrong&token=correct+horse%2Bbattery"), Outcome::InvalidToken)]
+#[case::duplicate_right_first(
+    query("token=correct+horse%2Bbattery&token=wrong"),
+    Outcome::Accepted
+)]
+#[case::duplicate_wrong_first(
+    query("token=wrong&token=correct+horse%2Bbattery"),
+    Outcome::InvalidToken
+)]
 #[case::encoded_parameter_name(query("tok%65n=correct+horse%2Bbattery"), Outcome::Accepted)]
 #[case::other_parameter_name(query("access_token=correct+horse%2Bbattery"), Outcome::MissingToken)]
 #[case::parameter_name_prefix(query("tokens=correct+horse%2Bbattery"), Outcome::MissingToken)]
@@ -76,9 +82,9 @@ async fn token_presentations(
     let attempt = match presentation {
         Presentation::Query(raw) => attempt.raw_query(format!("{raw}&name=intruder")),
         Presentation::Bearer(token) => attempt.bearer(token),
-        Presentation::BearerAndQuery(token, raw) => {
-            attempt.bearer(token).raw_query(format!("{raw}&name=intruder"))
-        }
+        Presentation::BearerAndQuery(token, raw) => attempt
+            .bearer(token)
+            .raw_query(format!("{raw}&name=intruder")),
     };
     let result = attempt.connect().await;
 
@@ -97,7 +103,10 @@ async fn token_presentations(
         }
         (Outcome::MissingToken, AuthFailureMode::Http, Err(ConnectError::Rejected(rejected))) => {
             assert_eq!(rejected.status, 401);
-            assert_eq!(rejected.header("www-authenticate"), r#"Bearer realm="wschat""#);
+            assert_eq!(
+                rejected.header("www-authenticate"),
+                r#"Bearer realm="wschat""#
+            );
             assert_eq!(rejected.body, "missing token");
         }
         (Outcome::InvalidToken, AuthFailureMode::Http, Err(ConnectError::Rejected(rejected))) => {
@@ -108,16 +117,29 @@ async fn token_presentations(
             );
             assert_eq!(rejected.body, "invalid token");
         }
-        (Outcome::MissingToken, AuthFailureMode::Close, Err(ConnectError::Closed { code, reason })) => {
+        (
+            Outcome::MissingToken,
+            AuthFailureMode::Close,
+            Err(ConnectError::Closed { code, reason }),
+        ) => {
             assert_eq!((code, reason.as_str()), (1008, "missing token"));
         }
-        (Outcome::InvalidToken, AuthFailureMode::Close, Err(ConnectError::Closed { code, reason })) => {
+        (
+            Outcome::InvalidToken,
+            AuthFailureMode::Close,
+            Err(ConnectError::Closed { code, reason }),
+        ) => {
             assert_eq!((code, reason.as_str()), (1008, "invalid token"));
         }
         (expected, mode, Ok(client)) => {
-            panic!("expected {expected:?} in {mode:?} mode, but connected as {}", client.user())
+            panic!(
+                "expected {expected:?} in {mode:?} mode, but connected as {}",
+                client.user()
+            )
         }
-        (expected, mode, Err(error)) => panic!("expected {expected:?} in {mode:?} mode, but {error}"),
+        (expected, mode, Err(error)) => {
+            panic!("expected {expected:?} in {mode:?} mode, but {error}")
+        }
     }
 
     // The rejected client never joined: the next thing the observer hears is a later join.
@@ -126,11 +148,20 @@ async fn token_presentations(
         ServerEvent::Join { user, .. } => assert_eq!(user, "barrier", "a rejected client joined"),
         other => panic!("expected the barrier's join, got {other:?}"),
     }
-    let label = if expected == Outcome::MissingToken { "missing_token" } else { "invalid_token" };
+    let label = if expected == Outcome::MissingToken {
+        "missing_token"
+    } else {
+        "invalid_token"
+    };
     let metrics = server.metrics().render();
     assert!(
-        metrics.contains(&format!(r#"wschat_handshakes_rejected_total{{reason="{label}"}} 1"#)),
+        metrics.contains(&format!(
+            r#"wschat_handshakes_rejected_total{{reason="{label}"}} 1"#
+        )),
         "{metrics}"
     );
-    assert!(!metrics.contains(SECRET), "the token leaked into the metrics");
+    assert!(
+        !metrics.contains(SECRET),
+        "the token leaked into the metrics"
+    );
 }

@@ -111,7 +111,14 @@ impl TestServer {
         let hub = server.hub();
         let stop = CancellationToken::new();
         let task = tokio::spawn(server.run(stop.clone().cancelled_owned()));
-        Self { addr, token, metrics, hub, stop, task: Some(task) }
+        Self {
+            addr,
+            token,
+            metrics,
+            hub,
+            stop,
+            task: Some(task),
+        }
     }
 
     /// The configuration tests start from: the spec's defaults, one listener on
@@ -178,14 +185,30 @@ impl TestServer {
             let mut stream = TcpStream::connect(self.addr).await?;
             stream.write_all(request.as_bytes()).await?;
             let mut raw = Vec::new();
-            stream.read_to_end(&mut raw).await?;
+            let mut chunk = [0_u8; 16 * 1024];
+            loop {
+                let read = stream.read(&mut chunk).await?;
+                if read == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&chunk[..read]);
+                // A `101` keeps the connection open as a WebSocket: its head is the response.
+                let head_done = raw.windows(4).any(|window| window == b"\r\n\r\n");
+                if head_done && raw.starts_with(b"HTTP/1.1 101") {
+                    break;
+                }
+            }
             Ok::<_, std::io::Error>(raw)
         };
         let raw = within(DEFAULT_TIMEOUT, "an HTTP response", exchange)
             .await
             .unwrap_or_else(|error| panic!("HTTP {method} {path} failed: {error}"));
-        HttpResponse::parse(&raw)
-            .unwrap_or_else(|| panic!("unparseable HTTP response: {}", String::from_utf8_lossy(&raw)))
+        HttpResponse::parse(&raw).unwrap_or_else(|| {
+            panic!(
+                "unparseable HTTP response: {}",
+                String::from_utf8_lossy(&raw)
+            )
+        })
     }
 
     /// Shuts the server down gracefully and waits until it has stopped.
@@ -357,29 +380,33 @@ impl ClientBuilder {
     /// Connects and reads the first frame, which must be `welcome`.
     pub async fn connect(self) -> Result<Client, ConnectError> {
         let url = self.url();
-        let mut request = url
-            .as_str()
-            .into_client_request()
-            .map_err(|error| {
-                ConnectError::Failed(format!("bad request for {}: {error}", self.url_for_messages()))
-            })?;
+        let mut request = url.as_str().into_client_request().map_err(|error| {
+            ConnectError::Failed(format!(
+                "bad request for {}: {error}",
+                self.url_for_messages()
+            ))
+        })?;
         if let TokenPlacement::Bearer(token) = &self.token {
             let value = HeaderValue::from_str(&format!("Bearer {token}"))
                 .map_err(|error| ConnectError::Failed(error.to_string()))?;
-            request.headers_mut().insert(http::header::AUTHORIZATION, value);
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, value);
         }
         for (name, value) in &self.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|error| ConnectError::Failed(error.to_string()))?;
-            let value =
-                HeaderValue::from_str(value).map_err(|error| ConnectError::Failed(error.to_string()))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|error| ConnectError::Failed(error.to_string()))?;
             request.headers_mut().insert(name, value);
         }
         let handshake = tokio_tungstenite::connect_async_with_config(request, None, true);
         let socket = match timeout(self.timeout, handshake).await {
             Err(_) => {
                 let url = self.url_for_messages();
-                return Err(ConnectError::Failed(format!("handshake with {url} timed out")));
+                return Err(ConnectError::Failed(format!(
+                    "handshake with {url} timed out"
+                )));
             }
             Ok(Err(WsError::Http(response))) => {
                 let (parts, body) = (*response).into_parts();
@@ -392,15 +419,29 @@ impl ClientBuilder {
             Ok(Err(error)) => return Err(ConnectError::Failed(error.to_string())),
             Ok(Ok((socket, _response))) => socket,
         };
-        let mut client = Client { socket, timeout: self.timeout, welcome: None };
+        let mut client = Client {
+            socket,
+            timeout: self.timeout,
+            welcome: None,
+        };
         match client.next_frame("the welcome event").await {
-            Frame::Event(ServerEvent::Welcome { user, room, members, history }) => {
-                client.welcome = Some(Welcome { user, room, members, history });
+            Frame::Event(ServerEvent::Welcome {
+                user,
+                room,
+                members,
+                history,
+            }) => {
+                client.welcome = Some(Welcome {
+                    user,
+                    room,
+                    members,
+                    history,
+                });
                 Ok(client)
             }
-            Frame::Event(other) => {
-                Err(ConnectError::Failed(format!("first event was not welcome but {other:?}")))
-            }
+            Frame::Event(other) => Err(ConnectError::Failed(format!(
+                "first event was not welcome but {other:?}"
+            ))),
             Frame::Close(code, reason) => Err(ConnectError::Closed { code, reason }),
             Frame::Ended(why) => Err(ConnectError::Failed(why)),
         }
@@ -428,7 +469,10 @@ impl ClientBuilder {
         let url = self.url_for_messages();
         match self.connect().await {
             Err(ConnectError::Rejected(rejected)) => rejected,
-            Ok(client) => panic!("expected {url} to be rejected, but it connected as {}", client.user()),
+            Ok(client) => panic!(
+                "expected {url} to be rejected, but it connected as {}",
+                client.user()
+            ),
             Err(other) => panic!("expected {url} to be rejected with a status, but {other}"),
         }
     }
@@ -445,7 +489,10 @@ pub struct Rejected {
 impl Rejected {
     /// The value of header `name`, or `""` when absent.
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or_default()
+        self.headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
     }
 }
 
@@ -464,7 +511,11 @@ impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConnectError::Rejected(rejected) => {
-                write!(f, "it was rejected with {} ({:?})", rejected.status, rejected.body)
+                write!(
+                    f,
+                    "it was rejected with {} ({:?})",
+                    rejected.status, rejected.body
+                )
             }
             ConnectError::Closed { code, reason } => {
                 write!(f, "it was closed with {code} ({reason:?}) before welcome")
@@ -499,7 +550,9 @@ pub struct Client {
 impl Client {
     /// The `welcome` this client received when it connected.
     pub fn welcome(&self) -> &Welcome {
-        self.welcome.as_ref().unwrap_or_else(|| unreachable!("set by connect"))
+        self.welcome
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("set by connect"))
     }
 
     /// The name the server gave this client.
@@ -610,10 +663,16 @@ impl Client {
                     let (code, reason) = frame
                         .map(|CloseFrame { code, reason }| (u16::from(code), reason.to_string()))
                         .unwrap_or((1005, String::new()));
+                    // Send the answering close frame tungstenite queued, completing the close
+                    // handshake the way a well-behaved client does.
+                    let _ = self.socket.flush().await;
                     return Frame::Close(code, reason);
                 }
                 Some(Ok(Message::Binary(data))) => {
-                    return Frame::Ended(format!("the server sent a binary frame of {} bytes", data.len()));
+                    return Frame::Ended(format!(
+                        "the server sent a binary frame of {} bytes",
+                        data.len()
+                    ));
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(error)) => return Frame::Ended(format!("the connection failed: {error}")),
@@ -624,7 +683,11 @@ impl Client {
 }
 
 /// Awaits `future` for at most `period`, panicking with what was awaited.
-async fn within<T>(period: Duration, waiting_for: &str, future: impl std::future::Future<Output = T>) -> T {
+async fn within<T>(
+    period: Duration,
+    waiting_for: &str,
+    future: impl std::future::Future<Output = T>,
+) -> T {
     timeout(period, future)
         .await
         .unwrap_or_else(|_| panic!("timed out after {period:?} waiting for {waiting_for}"))

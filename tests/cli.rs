@@ -1,0 +1,258 @@
+//! The `wschat` binary (SPEC §2, §6, §7): start-up line, configuration errors, signals, logs.
+//! Each test runs the real executable on port 0 with a clean environment.
+
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use rstest::rstest;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use wschat_testkit::{ClientBuilder, ConnectError};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn wschat(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wschat"));
+    command
+        .args(args)
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Starts the binary and returns it with the address of its first `listening on` line.
+async fn start(args: &[&str]) -> (Child, SocketAddr) {
+    let mut child = wschat(args).spawn().expect("the wschat binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("a listening line within the timeout")
+        .expect("readable stdout")
+        .expect("a line before stdout closed");
+    let url = line
+        .strip_prefix("wschat listening on ws://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    (child, url.parse().expect("a socket address"))
+}
+
+fn terminate(child: &Child) {
+    let pid = child.id().expect("running child").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(status.expect("kill runs").success());
+}
+
+async fn exit_of(child: Child) -> (ExitStatus, String) {
+    let output = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the process exits within the timeout")
+        .expect("output");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn serves_chat_and_exits_0_on_sigterm_after_closing_clients_with_1001() {
+    let (child, addr) = start(&["--listen", "127.0.0.1:0", "--token", "cli-secret"]).await;
+    let mut alice = ClientBuilder::new(addr)
+        .token("cli-secret")
+        .name("alice")
+        .connect_ok()
+        .await;
+    let mut bob = ClientBuilder::new(addr)
+        .token("cli-secret")
+        .name("bob")
+        .connect_ok()
+        .await;
+    alice.say("over the wire").await;
+    assert_eq!(bob.recv_message().await.text, "over the wire");
+
+    terminate(&child);
+    for client in [&mut alice, &mut bob] {
+        let (code, reason) = client.expect_close().await;
+        assert_eq!((code, reason.as_str()), (1001, "server shutting down"));
+    }
+    let (status, _) = exit_of(child).await;
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn logs_never_contain_the_token() {
+    const SECRET: &str = "log-secret-4a7f";
+    let (child, addr) = start(&["--listen", "127.0.0.1:0", "--token", SECRET]).await;
+    let accepted = ClientBuilder::new(addr)
+        .token(SECRET)
+        .name("logged")
+        .connect_ok()
+        .await;
+    let rejected = ClientBuilder::new(addr)
+        .raw_query(format!("token={SECRET}x&name=intruder"))
+        .connect_rejected()
+        .await;
+    assert_eq!(rejected.status, 401);
+    let header_rejected = ClientBuilder::new(addr)
+        .bearer(format!("{SECRET}y"))
+        .connect_rejected()
+        .await;
+    assert_eq!(header_rejected.status, 401);
+    accepted.close().await;
+
+    terminate(&child);
+    let (status, logs) = exit_of(child).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(logs.contains("connection accepted"), "{logs}");
+    assert!(logs.contains("connection closed"), "{logs}");
+    assert!(logs.contains("handshake rejected"), "{logs}");
+    assert!(logs.contains("token=REDACTED"), "{logs}");
+    assert!(
+        !logs.contains(SECRET),
+        "the token leaked into the logs:\n{logs}"
+    );
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let (child, addr) = start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        "json-secret",
+        "--log-format",
+        "json",
+    ])
+    .await;
+    ClientBuilder::new(addr)
+        .token("json-secret")
+        .connect_ok()
+        .await
+        .close()
+        .await;
+    terminate(&child);
+    let (_, logs) = exit_of(child).await;
+    let lines: Vec<&str> = logs.lines().collect();
+    assert!(lines.len() >= 2, "{logs}");
+    for line in lines {
+        let parsed: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(parsed.get("level").is_some(), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn the_development_token_works_with_a_warning() {
+    let (child, addr) = start(&["--listen", "127.0.0.1:0"]).await;
+    let client = ClientBuilder::new(addr)
+        .token(wschat::DEVELOPMENT_TOKEN)
+        .connect_ok()
+        .await;
+    client.close().await;
+    match ClientBuilder::new(addr).connect().await {
+        Err(ConnectError::Rejected(rejected)) => assert_eq!(rejected.status, 401),
+        other => panic!(
+            "expected a 401 without a token, got {:?}",
+            other.map(|c| c.user().to_owned())
+        ),
+    }
+    terminate(&child);
+    let (_, logs) = exit_of(child).await;
+    assert!(logs.contains("development token"), "{logs}");
+}
+
+#[tokio::test]
+async fn environment_variables_configure_and_flags_win() {
+    let mut command = wschat(&["--token", "from-flag"]);
+    command
+        .env("WSCHAT_LISTEN", "127.0.0.1:0")
+        .env("WSCHAT_TOKEN", "from-env");
+    let mut child = command.spawn().expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr: SocketAddr = line
+        .trim_start_matches("wschat listening on ws://")
+        .parse()
+        .unwrap();
+    ClientBuilder::new(addr)
+        .token("from-flag")
+        .connect_ok()
+        .await
+        .close()
+        .await;
+    let rejected = ClientBuilder::new(addr)
+        .token("from-env")
+        .connect_rejected()
+        .await;
+    assert_eq!(rejected.status, 401);
+    terminate(&child);
+    assert_eq!(exit_of(child).await.0.code(), Some(0));
+}
+
+#[rstest]
+#[case::development_token_on_a_public_address(&["--listen", "0.0.0.0:0"], "development token")]
+#[case::unparseable_number(&["--max-connections", "many"], "--max-connections")]
+#[case::unknown_flag(&["--frobnicate"], "--frobnicate")]
+#[case::bad_duration(&["--idle-timeout", "soon"], "--idle-timeout")]
+#[case::bad_listen_address(&["--listen", "localhost"], "--listen")]
+#[case::missing_token_file(&["--token-file", "/nonexistent/wschat.token"], "/nonexistent/wschat.token")]
+#[case::empty_token(&["--token", ""], "empty")]
+#[case::zero_connections(&["--max-connections", "0"], "--max-connections")]
+#[case::bad_auth_mode(&["--auth-failure", "maybe"], "--auth-failure")]
+#[tokio::test]
+async fn bad_configuration_exits_2_with_one_line(#[case] args: &[&str], #[case] named: &str) {
+    let child = wschat(args).spawn().expect("spawn");
+    let (status, stderr) = exit_of(child).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+    assert!(stderr.contains(named), "{stderr:?} should name {named:?}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn token_file_supplies_the_secret() {
+    let path = std::env::temp_dir().join(format!("wschat-cli-token-{}", std::process::id()));
+    std::fs::write(&path, "file-secret\n").expect("write token file");
+    let (child, addr) = start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--token-file",
+        path.to_str().unwrap(),
+    ])
+    .await;
+    ClientBuilder::new(addr)
+        .token("file-secret")
+        .connect_ok()
+        .await
+        .close()
+        .await;
+    terminate(&child);
+    let (status, _) = exit_of(child).await;
+    std::fs::remove_file(&path).ok();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn help_exits_0() {
+    let output = wschat(&["--help"]).output().await.expect("runs");
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--listen",
+        "--token-file",
+        "--allowed-origin",
+        "--auth-failure",
+        "--shutdown-grace",
+    ] {
+        assert!(help.contains(flag), "help lacks {flag}");
+    }
+}
