@@ -47,6 +47,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
+pub use tokio_tungstenite::tungstenite;
 pub use wschat::protocol::{ChatMessage, ErrorCode, ServerEvent};
 pub use wschat::{AuthFailureMode, Config, Metrics, Token};
 

@@ -1,0 +1,167 @@
+//! SPEC §6: the limits and policies, each enforced with its close code or error event.
+
+use std::time::Duration;
+
+use rstest::rstest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wschat_testkit::tungstenite::protocol::frame::coding::{Data, OpCode};
+use wschat_testkit::tungstenite::protocol::frame::Frame;
+use wschat_testkit::tungstenite::{Bytes, Message};
+use wschat_testkit::{ErrorCode, ServerEvent, TestServer};
+
+#[rstest]
+#[case::text_over_the_limit(Message::text("x".repeat(1025)), 1009)]
+#[case::binary_frame(Message::binary(vec![1, 2, 3]), 1003)]
+#[case::invalid_utf8(
+    Message::Frame(Frame::message(Bytes::from_static(&[0x68, 0xff, 0xfe]), OpCode::Data(Data::Text), true)),
+    1007
+)]
+#[tokio::test]
+async fn frames_the_server_refuses_close_the_connection(#[case] frame: Message, #[case] code: u16) {
+    let server = TestServer::start_with(|config| config.max_message_bytes = 1024).await;
+    let mut witness = server.client().name("witness").connect_ok().await;
+    let mut offender = server.client().name("offender").connect_ok().await;
+    offender.send(frame).await;
+    let (closed_with, _reason) = offender.expect_close().await;
+    assert_eq!(closed_with, code);
+    // The room hears the offender join and leave, and never a message from it.
+    assert!(matches!(witness.recv().await, ServerEvent::Join { user, .. } if user == "offender"));
+    assert!(matches!(witness.recv().await, ServerEvent::Leave { user, .. } if user == "offender"));
+}
+
+#[tokio::test]
+async fn a_message_at_the_size_limit_is_posted() {
+    let server = TestServer::start_with(|config| config.max_message_bytes = 1024).await;
+    let mut client = server.client().connect_ok().await;
+    client.send_text(&"x".repeat(1024)).await;
+    assert_eq!(client.recv_message().await.text.len(), 1024);
+}
+
+#[tokio::test]
+async fn over_the_rate_a_message_is_refused_but_the_connection_stays() {
+    let server = TestServer::start_with(|config| {
+        config.rate_limit = 1;
+        config.rate_burst = 2;
+    })
+    .await;
+    let mut sender = server.client().name("sender").connect_ok().await;
+    let mut witness = server.client().name("witness").connect_ok().await;
+    for n in 1..=3 {
+        sender.send_text(&format!("m{n}")).await;
+    }
+    assert_eq!(sender.recv_error().await, ErrorCode::RateLimited);
+    assert_eq!(witness.recv_message().await.text, "m1");
+    assert_eq!(witness.recv_message().await.text, "m2");
+    let metrics = server.metrics().render();
+    assert!(metrics.contains("wschat_messages_rate_limited_total 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_flooding_is_closed_with_1008() {
+    let server = TestServer::start_with(|config| {
+        config.rate_limit = 1;
+        config.rate_burst = 1;
+    })
+    .await;
+    let mut flooder = server.client().connect_ok().await;
+    for n in 0..(wschat::connection::MAX_CONSECUTIVE_RATE_LIMITED + 1) {
+        flooder.send_text(&format!("flood {n}")).await;
+    }
+    let (code, reason) = flooder.expect_close().await;
+    assert_eq!((code, reason.as_str()), (1008, "rate limit exceeded"));
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_after_the_idle_timeout() {
+    let server = TestServer::start_with(|config| {
+        // No ping before the deadline, so nothing prompts the client to answer.
+        config.ping_interval = Duration::from_secs(60);
+        config.idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut silent = server.client().connect_ok().await;
+    let (code, reason) = silent.expect_close().await;
+    assert_eq!((code, reason.as_str()), (1001, "idle timeout"));
+}
+
+#[tokio::test]
+async fn pings_keep_a_reading_client_alive() {
+    let server = TestServer::start_with(|config| {
+        config.ping_interval = Duration::from_millis(50);
+        config.idle_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut client = server.client().connect_ok().await;
+    // While reading, the client answers every ping with a pong, which counts as activity.
+    client.expect_silence(Duration::from_millis(800)).await;
+    client.say("still here").await;
+    assert_eq!(client.recv_message().await.text, "still here");
+}
+
+#[tokio::test]
+async fn a_half_sent_request_is_dropped_after_the_handshake_timeout() {
+    let server = TestServer::start_with(|config| {
+        config.handshake_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.expect("connect");
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n").await.expect("write");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .expect("the server closes the connection")
+        .ok();
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_closed_1013_while_the_others_get_everything() {
+    const MESSAGES: usize = 3000;
+    let server = TestServer::start_with(|config| {
+        config.rate_limit = 0;
+        config.send_queue = 16;
+        config.max_message_bytes = 64 * 1024;
+    })
+    .await;
+    let mut stalled = server.client().name("stalled").connect_ok().await;
+    let mut reader = server.client().name("reader").connect_ok().await;
+    let mut sender = server.client().name("sender").connect_ok().await;
+    let text = "y".repeat(16 * 1024);
+
+    let sending = tokio::spawn(async move {
+        // The sender is a member too, so it reads its own copy of each message as it goes.
+        for n in 0..MESSAGES {
+            sender.send_text(&format!("{n} {text}")).await;
+            let own = sender.recv_message().await;
+            assert!(own.text.starts_with(&format!("{n} ")));
+        }
+        sender
+    });
+    // As soon as the room hears the stalled client leave, it starts reading: its close frame
+    // sits behind everything its socket buffered, and the server waits only briefly for it.
+    let (left, on_leave) = tokio::sync::oneshot::channel::<()>();
+    let closing = tokio::spawn(async move {
+        on_leave.await.expect("the stalled client leaves");
+        stalled.expect_close().await
+    });
+    let mut left = Some(left);
+    let mut next = 0;
+    while next < MESSAGES {
+        match reader.recv().await {
+            ServerEvent::Message(message) => {
+                let number = message.text.split(' ').next().unwrap_or_default();
+                assert_eq!(number, next.to_string(), "in order, none missing");
+                next += 1;
+            }
+            ServerEvent::Leave { user, .. } => {
+                assert_eq!(user, "stalled");
+                left.take().expect("one leave").send(()).expect("closing task waits");
+            }
+            ServerEvent::Join { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    sending.await.expect("sender");
+    assert!(left.is_none(), "the stalled client was dropped from the room");
+    let (code, reason) = closing.await.expect("closing task");
+    assert_eq!((code, reason.as_str()), (1013, "slow consumer"));
+}
