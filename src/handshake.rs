@@ -389,7 +389,12 @@ mod tests {
                 .header(header::UPGRADE, "websocket")
                 .header(header::SEC_WEBSOCKET_KEY, KEY)
                 .header(header::SEC_WEBSOCKET_VERSION, "13"),
-            upgrade("/?token=s3cret").header(header::SEC_WEBSOCKET_KEY, "short"),
+            Request::get("/?token=s3cret")
+                .header(header::HOST, "h")
+                .header(header::CONNECTION, "upgrade")
+                .header(header::UPGRADE, "websocket")
+                .header(header::SEC_WEBSOCKET_KEY, "short")
+                .header(header::SEC_WEBSOCKET_VERSION, "13"),
         ];
         for builder in cases {
             let request = builder.body(()).unwrap();

@@ -53,7 +53,10 @@ async fn over_the_rate_a_message_is_refused_but_the_connection_stays() {
     assert_eq!(witness.recv_message().await.text, "m1");
     assert_eq!(witness.recv_message().await.text, "m2");
     let metrics = server.metrics().render();
-    assert!(metrics.contains("wschat_messages_rate_limited_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("wschat_messages_rate_limited_total 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -104,8 +107,13 @@ async fn a_half_sent_request_is_dropped_after_the_handshake_timeout() {
         config.handshake_timeout = Duration::from_millis(200);
     })
     .await;
-    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.expect("connect");
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n").await.expect("write");
+    let mut stream = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .expect("write");
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
         .await
@@ -154,14 +162,20 @@ async fn a_client_that_does_not_read_is_closed_1013_while_the_others_get_everyth
             }
             ServerEvent::Leave { user, .. } => {
                 assert_eq!(user, "stalled");
-                left.take().expect("one leave").send(()).expect("closing task waits");
+                left.take()
+                    .expect("one leave")
+                    .send(())
+                    .expect("closing task waits");
             }
             ServerEvent::Join { .. } => {}
             other => panic!("unexpected {other:?}"),
         }
     }
     sending.await.expect("sender");
-    assert!(left.is_none(), "the stalled client was dropped from the room");
+    assert!(
+        left.is_none(),
+        "the stalled client was dropped from the room"
+    );
     let (code, reason) = closing.await.expect("closing task");
     assert_eq!((code, reason.as_str()), (1013, "slow consumer"));
 }

@@ -31,6 +31,9 @@
 //! # }
 //! ```
 
+#![doc = ""]
+#![doc = include_str!("../README.md")]
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
