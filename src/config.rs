@@ -100,6 +100,10 @@ pub struct Config {
     pub handshake_timeout: Duration,
     pub shutdown_grace: Duration,
     pub auth_failure: AuthFailureMode,
+    /// Failed handshakes (missing or wrong token) allowed per address and window; 0 turns
+    /// brute-force throttling off.
+    pub auth_fail_limit: u32,
+    pub auth_fail_window: Duration,
 }
 
 impl Default for Config {
@@ -120,6 +124,8 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             auth_failure: AuthFailureMode::Http,
+            auth_fail_limit: 20,
+            auth_fail_window: Duration::from_secs(60),
         }
     }
 }
@@ -179,6 +185,7 @@ impl Config {
             ("--ping-interval", self.ping_interval.as_millis()),
             ("--idle-timeout", self.idle_timeout.as_millis()),
             ("--handshake-timeout", self.handshake_timeout.as_millis()),
+            ("--auth-fail-window", self.auth_fail_window.as_millis()),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::MustBePositive { name });
@@ -277,6 +284,16 @@ pub struct Cli {
     pub shutdown_grace: Duration,
     #[arg(long, value_enum, env = "WSCHAT_AUTH_FAILURE", default_value_t = AuthFailureMode::Http)]
     pub auth_failure: AuthFailureMode,
+    /// Failed handshakes per client address and window before it gets 429; 0 turns it off
+    #[arg(
+        long,
+        value_name = "N",
+        env = "WSCHAT_AUTH_FAIL_LIMIT",
+        default_value_t = 20
+    )]
+    pub auth_fail_limit: u32,
+    #[arg(long, value_name = "DURATION", env = "WSCHAT_AUTH_FAIL_WINDOW", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub auth_fail_window: Duration,
     #[arg(long, value_enum, env = "WSCHAT_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -310,6 +327,8 @@ impl Cli {
             handshake_timeout: self.handshake_timeout,
             shutdown_grace: self.shutdown_grace,
             auth_failure: self.auth_failure,
+            auth_fail_limit: self.auth_fail_limit,
+            auth_fail_window: self.auth_fail_window,
         };
         config.validate()?;
         Ok(config)

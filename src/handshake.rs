@@ -4,6 +4,8 @@
 //! plain `http::Request` values. The checks that need live state (is the name taken, is the
 //! server full) come after this function, in `http.rs`, in the order the spec gives.
 
+use std::time::Duration;
+
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -74,6 +76,8 @@ pub enum Rejection {
     TooManyRooms,
     #[error("server at capacity")]
     AtCapacity,
+    #[error("too many failed attempts; try again later")]
+    Throttled { retry_after_secs: u64 },
 }
 
 /// How long a client turned away for capacity should wait before retrying, in seconds.
@@ -91,6 +95,7 @@ impl Rejection {
             Rejection::MissingToken | Rejection::InvalidToken => StatusCode::UNAUTHORIZED,
             Rejection::NameTaken => StatusCode::CONFLICT,
             Rejection::TooManyRooms | Rejection::AtCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -122,6 +127,9 @@ impl Rejection {
                     HeaderValue::from_static(RETRY_AFTER_SECS),
                 );
             }
+            Rejection::Throttled { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
             _ => {}
         }
         headers
@@ -145,6 +153,7 @@ impl Rejection {
             Rejection::NameTaken => "name_taken",
             Rejection::TooManyRooms => "too_many_rooms",
             Rejection::AtCapacity => "capacity",
+            Rejection::Throttled { .. } => "throttled",
         }
     }
 }
@@ -156,14 +165,21 @@ pub fn wants_upgrade<B>(request: &Request<B>) -> bool {
     headers.contains_key(header::UPGRADE) || headers.contains_key(header::SEC_WEBSOCKET_KEY)
 }
 
-/// Runs checks 1 to 4 of SPEC §4, in order; the first that fails decides.
-pub fn decide<B>(request: &Request<B>, policy: &Policy) -> Decision {
+/// Runs checks 1 to 4 of SPEC §4, in order; the first that fails decides. `throttled` is how
+/// long the client's address must still wait after too many failed attempts; it is checked
+/// between the origin and the token, so a throttled address learns nothing about any token.
+pub fn decide<B>(request: &Request<B>, policy: &Policy, throttled: Option<Duration>) -> Decision {
     let accept_key = match check_upgrade(request) {
         Ok(key) => key,
         Err(rejection) => return Decision::Reject(rejection),
     };
     if !origin_allowed(request.headers(), &policy.allowed_origins) {
         return Decision::Reject(Rejection::OriginNotAllowed);
+    }
+    if let Some(wait) = throttled {
+        // Round up: a client retrying at exactly `Retry-After` must find the window over.
+        let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return Decision::Reject(Rejection::Throttled { retry_after_secs });
     }
     let query = request.uri().query().unwrap_or_default();
     if let Err(rejection) = check_token(request.headers(), query, &policy.token) {
@@ -352,7 +368,7 @@ mod tests {
     }
 
     fn decide_http(request: Request<()>) -> Decision {
-        decide(&request, &policy(AuthFailureMode::Http))
+        decide(&request, &policy(AuthFailureMode::Http), None)
     }
 
     #[test]
@@ -433,16 +449,19 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(
-            decide(&foreign, &policy),
+            decide(&foreign, &policy, None),
             Decision::Reject(Rejection::OriginNotAllowed)
         );
         let own = upgrade("/?token=s3cret")
             .header(header::ORIGIN, "https://CHAT.example")
             .body(())
             .unwrap();
-        assert!(matches!(decide(&own, &policy), Decision::Accept(_)));
+        assert!(matches!(decide(&own, &policy, None), Decision::Accept(_)));
         let no_origin = upgrade("/?token=s3cret").body(()).unwrap();
-        assert!(matches!(decide(&no_origin, &policy), Decision::Accept(_)));
+        assert!(matches!(
+            decide(&no_origin, &policy, None),
+            Decision::Accept(_)
+        ));
     }
 
     #[test]
@@ -450,7 +469,7 @@ mod tests {
         let close = policy(AuthFailureMode::Close);
         let wrong = upgrade("/?token=nope").body(()).unwrap();
         assert!(matches!(
-            decide(&wrong, &close),
+            decide(&wrong, &close, None),
             Decision::UpgradeThenClose {
                 rejection: Rejection::InvalidToken,
                 ..
@@ -458,7 +477,7 @@ mod tests {
         ));
         let bad_room = upgrade("/?token=s3cret&room=a%20b").body(()).unwrap();
         assert_eq!(
-            decide(&bad_room, &close),
+            decide(&bad_room, &close, None),
             Decision::Reject(Rejection::InvalidRoom)
         );
     }
@@ -477,6 +496,29 @@ mod tests {
         assert!(
             matches!(decide_http(basic), Decision::Accept(_)),
             "non-bearer auth is ignored"
+        );
+    }
+
+    #[test]
+    fn a_throttled_address_gets_429_before_the_token_is_looked_at() {
+        let request = upgrade("/?token=s3cret").body(()).unwrap();
+        let decision = decide(
+            &request,
+            &policy(AuthFailureMode::Close),
+            Some(Duration::from_millis(1500)),
+        );
+        assert_eq!(
+            decision,
+            Decision::Reject(Rejection::Throttled {
+                retry_after_secs: 2
+            })
+        );
+        assert_eq!(
+            Rejection::Throttled {
+                retry_after_secs: 2
+            }
+            .headers()[header::RETRY_AFTER],
+            "2"
         );
     }
 

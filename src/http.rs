@@ -23,6 +23,7 @@ use crate::connection::ConnectionLimits;
 use crate::handshake::{self, Decision, Policy, Rejection};
 use crate::hub::{Hub, Reservation};
 use crate::metrics::{self, Metrics};
+use crate::throttle::Throttle;
 
 /// The page served at `/` to browsers: what this is and how to connect.
 const PAGE: &str = include_str!("page.html");
@@ -40,6 +41,7 @@ pub struct AppState {
     pub limits: ConnectionLimits,
     /// One permit per open chat connection (`--max-connections`).
     pub capacity: Arc<Semaphore>,
+    pub throttle: Throttle,
     pub shutdown: CancellationToken,
 }
 
@@ -106,7 +108,14 @@ fn upgrade(
         record(rejection);
         rejection_response(rejection)
     };
-    let (accept_key, pending) = match handshake::decide(&request, &state.policy) {
+    let throttled = state.throttle.blocked_for(peer.ip());
+    let decision = handshake::decide(&request, &state.policy, throttled);
+    if let Decision::Reject(Rejection::MissingToken | Rejection::InvalidToken)
+    | Decision::UpgradeThenClose { .. } = decision
+    {
+        state.throttle.record_failure(peer.ip());
+    }
+    let (accept_key, pending) = match decision {
         Decision::Reject(rejection) => return reject(rejection),
         Decision::UpgradeThenClose {
             accept_key,

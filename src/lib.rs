@@ -27,6 +27,7 @@ pub mod hub;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod throttle;
 
 pub use config::{AuthFailureMode, Cli, Config, ConfigError, LogFormat, Token, DEVELOPMENT_TOKEN};
 pub use metrics::Metrics;

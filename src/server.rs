@@ -30,6 +30,7 @@ use crate::handshake::Policy;
 use crate::http::{self as routes, AppState, PendingUpgrade, UpgradeSlot};
 use crate::hub::{Hub, HubLimits};
 use crate::metrics::Metrics;
+use crate::throttle::Throttle;
 
 /// Pause after a failed `accept` (typically out of file descriptors) so the loop does not spin
 /// while the condition lasts.
@@ -96,6 +97,7 @@ impl Server {
             metrics,
             limits,
             capacity: Arc::new(Semaphore::new(config.max_connections)),
+            throttle: Throttle::new(config.auth_fail_limit, config.auth_fail_window),
             shutdown: CancellationToken::new(),
         });
         // WebSocket upgrades are HTTP/1.1 only (RFC 6455); HTTP/2 would need RFC 8441.

@@ -35,13 +35,13 @@
 #![doc = include_str!("../README.md")]
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -126,11 +126,13 @@ impl TestServer {
     }
 
     /// The configuration tests start from: the spec's defaults, one listener on
-    /// `127.0.0.1:0`, and a fresh random token.
+    /// `127.0.0.1:0`, a fresh random token, and brute-force throttling off (every test client
+    /// comes from the same address, and many tests fail handshakes on purpose).
     pub fn config() -> Config {
         Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             token: Token::new(random_token()),
+            auth_fail_limit: 0,
             ..Config::default()
         }
     }
@@ -281,6 +283,7 @@ pub struct ClientBuilder {
     raw_query: Option<String>,
     headers: Vec<(String, String)>,
     timeout: Duration,
+    source_ip: Option<IpAddr>,
 }
 
 impl ClientBuilder {
@@ -306,7 +309,15 @@ impl ClientBuilder {
             raw_query: None,
             headers: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
+            source_ip: None,
         }
+    }
+
+    /// Connects from this local address, e.g. `127.0.0.2`, to look like another client host.
+    /// Any address in `127.0.0.0/8` works on Linux without setup.
+    pub fn from_ip(mut self, ip: IpAddr) -> Self {
+        self.source_ip = Some(ip);
+        self
     }
 
     /// Presents `token` as the `token` query parameter (form-urlencoded).
@@ -404,7 +415,25 @@ impl ClientBuilder {
                 .map_err(|error| ConnectError::Failed(error.to_string()))?;
             request.headers_mut().insert(name, value);
         }
-        let handshake = tokio_tungstenite::connect_async_with_config(request, None, true);
+        let (addr, source_ip) = (self.addr, self.source_ip);
+        let handshake = async move {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }?;
+            if let Some(ip) = source_ip {
+                socket.bind(SocketAddr::new(ip, 0))?;
+            }
+            let stream = socket.connect(addr).await?;
+            stream.set_nodelay(true)?;
+            tokio_tungstenite::client_async_with_config(
+                request,
+                MaybeTlsStream::Plain(stream),
+                None,
+            )
+            .await
+        };
         let socket = match timeout(self.timeout, handshake).await {
             Err(_) => {
                 let url = self.url_for_messages();
@@ -637,6 +666,16 @@ impl Client {
                 panic!("expected silence, got close {code} ({reason:?})")
             }
             Ok(Frame::Ended(why)) => panic!("expected silence, but {why}"),
+        }
+    }
+
+    /// Sends the first bytes of a frame and then resets the TCP connection (no close frame,
+    /// no FIN), the way a crashed client or a dropped network looks to the server.
+    pub async fn reset_mid_frame(mut self) {
+        if let MaybeTlsStream::Plain(stream) = self.socket.get_mut() {
+            // FIN bit + text opcode, masked, 125-byte payload announced; then nothing.
+            let _ = stream.write_all(&[0x81, 0xFD, 0x01, 0x02]).await;
+            let _ = stream.set_zero_linger();
         }
     }
 
