@@ -154,22 +154,11 @@ async fn disconnect_reasons_are_counted() {
         .await;
     assert_eq!(binary.expect_close().await.0, 1003);
 
-    // The counters move when the connections end; wait for both via the open-connection gauge.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while server.metrics().open_connections() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "connections did not end"
-        );
-        tokio::task::yield_now().await;
-    }
-    let metrics = server.metrics().render();
-    assert!(
-        metrics.contains(r#"wschat_disconnects_total{reason="idle"} 1"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"wschat_disconnects_total{reason="binary"} 1"#),
-        "{metrics}"
-    );
+    server
+        .wait_for_metrics("an idle and a binary disconnect", |text| {
+            text.contains(r#"wschat_disconnects_total{reason="idle"} 1"#)
+                && text.contains(r#"wschat_disconnects_total{reason="binary"} 1"#)
+                && text.contains("wschat_connections 0")
+        })
+        .await;
 }

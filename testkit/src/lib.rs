@@ -57,6 +57,9 @@ pub use wschat::{AuthFailureMode, Config, Metrics, Token};
 /// Characters of a URL quoted in a failure message.
 const MAX_URL_IN_MESSAGES: usize = 120;
 
+/// How often [`TestServer::wait_for_metrics`] looks again.
+const METRICS_POLL_INTERVAL: Duration = Duration::from_millis(5);
+
 /// How long every helper waits before it gives up and panics.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -164,6 +167,23 @@ impl TestServer {
     /// How many rooms the server retains.
     pub fn room_count(&self) -> usize {
         self.hub.room_count()
+    }
+
+    /// Waits until the rendered metrics satisfy `condition` (counters move a moment after the
+    /// event that causes them, e.g. once a close handshake completes), or panics after
+    /// [`DEFAULT_TIMEOUT`] showing the last rendering.
+    pub async fn wait_for_metrics(&self, what: &str, condition: impl Fn(&str) -> bool) {
+        let deadline = tokio::time::Instant::now() + DEFAULT_TIMEOUT;
+        loop {
+            let text = self.metrics.render();
+            if condition(&text) {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("timed out waiting for metrics to show {what}:\n{text}");
+            }
+            tokio::time::sleep(METRICS_POLL_INTERVAL).await;
+        }
     }
 
     /// A client builder preset with this server's address and token (in the query).
