@@ -11,6 +11,7 @@
 //! policy.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,13 +20,13 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
-use tokio::time::{interval_at, sleep_until, timeout, Instant, MissedTickBehavior};
+use tokio::time::{interval_at, sleep, timeout, Instant, MissedTickBehavior, Sleep};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::hub::{Joined, Kick, Membership};
 use crate::metrics::Metrics;
@@ -47,6 +48,9 @@ const MAX_BATCH: usize = 256;
 /// How long a server-initiated close waits for the client's answering close frame (outside
 /// shutdown, which uses the configured grace period).
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The close reason of SPEC §6 for a server shutdown.
+const SHUTDOWN_REASON: &str = "server shutting down";
 
 /// A client refused by the rate limit this many times in a row, with no message accepted in
 /// between, is flooding and is closed with 1008.
@@ -105,7 +109,7 @@ impl Ending {
     fn close_frame(&self) -> Option<(CloseCode, &'static str)> {
         match self {
             Ending::ClientClosed(_) | Ending::Gone => None,
-            Ending::Shutdown => Some((CloseCode::Away, "server shutting down")),
+            Ending::Shutdown => Some((CloseCode::Away, SHUTDOWN_REASON)),
             Ending::Idle => Some((CloseCode::Away, "idle timeout")),
             Ending::SlowConsumer => Some((CloseCode::Again, "slow consumer")),
             Ending::TooBig => Some((CloseCode::Size, "message too big")),
@@ -178,8 +182,13 @@ pub struct Connection {
     events: mpsc::Receiver<Utf8Bytes>,
     /// Fused: polled again after it fired (or its sender went away), it stays pending.
     kicked: Fuse<oneshot::Receiver<Kick>>,
+    /// Fires at the idle deadline as last set; see `Connection::idle_expired`.
+    idle: Pin<Box<Sleep>>,
+    /// When the client last sent any frame. Frames only update this; the timer is moved
+    /// lazily when it fires, so a busy connection never touches the timer wheel per frame.
+    last_heard: Instant,
     limits: ConnectionLimits,
-    shutdown: CancellationToken,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     metrics: Metrics,
     peer: SocketAddr,
 }
@@ -201,8 +210,10 @@ impl Connection {
             welcome: joined.welcome,
             events: joined.events,
             kicked: joined.kicked.fuse(),
+            idle: Box::pin(sleep(limits.idle_timeout)),
+            last_heard: Instant::now(),
             limits,
-            shutdown,
+            shutdown: Box::pin(shutdown.cancelled_owned()),
             metrics,
             peer,
         }
@@ -213,8 +224,8 @@ impl Connection {
         self.metrics.connection_opened();
         tracing::info!(
             peer = %self.peer,
-            user = self.membership.name(),
-            room = self.membership.room(),
+            user = %self.membership.name(),
+            room = %self.membership.room(),
             "connection accepted"
         );
         let ending = self.serve().await;
@@ -227,10 +238,10 @@ impl Connection {
         };
         tracing::info!(
             peer = %self.peer,
-            user = self.membership.name(),
-            room = self.membership.room(),
+            user = %self.membership.name(),
+            room = %self.membership.room(),
             close_code = code,
-            reason = ending.label(),
+            reason = %ending.label(),
             "connection closed"
         );
         self.metrics.connection_closed(ending.label());
@@ -238,9 +249,8 @@ impl Connection {
     }
 
     async fn serve(&mut self) -> Ending {
-        let mut idle_deadline = Instant::now() + self.limits.idle_timeout;
         let welcome = Message::Text(self.welcome.clone());
-        if let Err(ending) = self.write(welcome, false, idle_deadline).await {
+        if let Err(ending) = self.write(welcome, false).await {
             return ending;
         }
         let first_ping = Instant::now() + self.limits.ping_interval;
@@ -252,11 +262,11 @@ impl Connection {
         loop {
             tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => return Ending::Shutdown,
+                () = self.shutdown.as_mut() => return Ending::Shutdown,
                 Ok(Kick::SlowConsumer) = &mut self.kicked => return Ending::SlowConsumer,
-                () = sleep_until(idle_deadline) => return Ending::Idle,
+                () = self.idle.as_mut() => if self.idle_expired() { return Ending::Idle },
                 frame = self.socket.next() => {
-                    idle_deadline = Instant::now() + self.limits.idle_timeout;
+                    self.last_heard = Instant::now();
                     let text = match frame {
                         Some(Ok(Message::Text(text))) => text,
                         Some(Ok(Message::Binary(_))) => return Ending::Binary,
@@ -275,14 +285,14 @@ impl Connection {
                             return Ending::Flooding;
                         }
                         let error = error_event(ErrorCode::RateLimited, "too many messages; slow down");
-                        if let Err(ending) = self.write(error, false, idle_deadline).await {
+                        if let Err(ending) = self.write(error, false).await {
                             return ending;
                         }
                         continue;
                     }
                     refused_in_a_row = 0;
                     if let Some(error) = self.handle_text(text.as_str()) {
-                        if let Err(ending) = self.write(error, false, idle_deadline).await {
+                        if let Err(ending) = self.write(error, false).await {
                             return ending;
                         }
                     }
@@ -291,12 +301,12 @@ impl Connection {
                     // The hub holds the sender while we are a member; losing it means we were
                     // removed, and the kick branch above explains why.
                     let Some(event) = event else { return Ending::SlowConsumer };
-                    if let Err(ending) = self.write(Message::Text(event), true, idle_deadline).await {
+                    if let Err(ending) = self.write(Message::Text(event), true).await {
                         return ending;
                     }
                 }
                 _ = ping.tick() => {
-                    if let Err(ending) = self.write(Message::Ping(Bytes::new()), false, idle_deadline).await {
+                    if let Err(ending) = self.write(Message::Ping(Bytes::new()), false).await {
                         return ending;
                     }
                 }
@@ -318,20 +328,24 @@ impl Connection {
         }
     }
 
+    /// Whether the client has been silent for the idle timeout; if not, re-arms the timer
+    /// for the deadline that follows from the last frame heard.
+    fn idle_expired(&mut self) -> bool {
+        idle_expired(&mut self.idle, self.last_heard, self.limits.idle_timeout)
+    }
+
     /// Writes `first` (and, with `drain`, whatever else the room has queued) and flushes once.
     /// Gives up if the hub kicks us, the server shuts down or the idle deadline passes while
     /// the client is not reading.
-    async fn write(
-        &mut self,
-        first: Message,
-        drain: bool,
-        idle_deadline: Instant,
-    ) -> Result<(), Ending> {
+    async fn write(&mut self, first: Message, drain: bool) -> Result<(), Ending> {
         let Self {
             socket,
             events,
             kicked,
             shutdown,
+            idle,
+            last_heard,
+            limits,
             ..
         } = self;
         let batch = async {
@@ -344,30 +358,41 @@ impl Connection {
             }
             socket.flush().await
         };
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => Err(Ending::Shutdown),
-            Ok(Kick::SlowConsumer) = kicked => Err(Ending::SlowConsumer),
-            () = sleep_until(idle_deadline) => Err(Ending::Idle),
-            result = batch => result.map_err(ending_for),
+        tokio::pin!(batch);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.as_mut() => return Err(Ending::Shutdown),
+                Ok(Kick::SlowConsumer) = &mut *kicked => return Err(Ending::SlowConsumer),
+                () = idle.as_mut() => if idle_expired(idle, *last_heard, limits.idle_timeout) {
+                    return Err(Ending::Idle);
+                },
+                result = &mut batch => return result.map_err(ending_for),
+            }
         }
     }
 
     /// Sends our close frame (if we are the one closing) and waits, bounded, for the close
     /// handshake to complete so the client sees a clean close rather than a reset.
     async fn finish(&mut self, close: Option<(CloseCode, &'static str)>) {
-        let wait = if close == Some((CloseCode::Away, "server shutting down")) {
+        let Some((code, reason)) = close else {
+            // The client closed (or vanished): tungstenite has queued the answering close
+            // frame, and sending it completes the handshake. Nothing more will be read.
+            let _ = timeout(CLOSE_HANDSHAKE_TIMEOUT, self.socket.flush()).await;
+            return;
+        };
+        let wait = if reason == SHUTDOWN_REASON {
             self.limits.shutdown_grace
         } else {
             CLOSE_HANDSHAKE_TIMEOUT
         };
         let socket = &mut self.socket;
         let handshake = async {
-            let frame = close.map(|(code, reason)| CloseFrame {
+            let frame = CloseFrame {
                 code,
                 reason: reason.into(),
-            });
-            if socket.close(frame).await.is_err() {
+            };
+            if socket.close(Some(frame)).await.is_err() {
                 return;
             }
             // Read until the client's answering close frame ends the stream.
@@ -375,6 +400,17 @@ impl Connection {
         };
         let _ = timeout(wait, handshake).await;
     }
+}
+
+/// The idle check behind `Connection::idle_expired`, on borrowed parts so `write` can use it
+/// while the socket is borrowed too.
+fn idle_expired(idle: &mut Pin<Box<Sleep>>, last_heard: Instant, idle_timeout: Duration) -> bool {
+    let deadline = last_heard + idle_timeout;
+    if deadline <= Instant::now() {
+        return true;
+    }
+    idle.as_mut().reset(deadline);
+    false
 }
 
 fn ending_for(error: WsError) -> Ending {

@@ -4,6 +4,7 @@
 //! plain `http::Request` values. The checks that need live state (is the name taken, is the
 //! server full) come after this function, in `http.rs`, in the order the spec gives.
 
+use std::fmt;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -169,7 +170,7 @@ pub fn wants_upgrade<B>(request: &Request<B>) -> bool {
 /// long the client's address must still wait after too many failed attempts; it is checked
 /// between the origin and the token, so a throttled address learns nothing about any token.
 pub fn decide<B>(request: &Request<B>, policy: &Policy, throttled: Option<Duration>) -> Decision {
-    let accept_key = match check_upgrade(request) {
+    let client_key = match check_upgrade(request) {
         Ok(key) => key,
         Err(rejection) => return Decision::Reject(rejection),
     };
@@ -186,7 +187,7 @@ pub fn decide<B>(request: &Request<B>, policy: &Policy, throttled: Option<Durati
         return match policy.auth_failure {
             AuthFailureMode::Http => Decision::Reject(rejection),
             AuthFailureMode::Close => Decision::UpgradeThenClose {
-                accept_key,
+                accept_key: accept_key(client_key),
                 rejection,
             },
         };
@@ -202,14 +203,22 @@ pub fn decide<B>(request: &Request<B>, policy: &Policy, throttled: Option<Durati
         Some(_) => return Decision::Reject(Rejection::InvalidName),
     };
     Decision::Accept(Admission {
-        accept_key,
+        accept_key: accept_key(client_key),
         room,
         name,
     })
 }
 
+/// `Sec-WebSocket-Accept` for a client key (RFC 6455 §4.2.2). Derived only for requests that
+/// will be upgraded: refusals never pay for the SHA-1.
+fn accept_key(client_key: &HeaderValue) -> HeaderValue {
+    let accept = derive_accept_key(client_key.as_bytes());
+    // Base64 is always a valid header value.
+    HeaderValue::from_str(&accept).unwrap_or_else(|_| unreachable!("base64 is visible ASCII"))
+}
+
 /// RFC 6455 §4.2.1: what makes a request a WebSocket opening handshake.
-fn check_upgrade<B>(request: &Request<B>) -> Result<HeaderValue, Rejection> {
+fn check_upgrade<B>(request: &Request<B>) -> Result<&HeaderValue, Rejection> {
     if request.method() != Method::GET {
         return Err(Rejection::NotWebSocket("method must be GET"));
     }
@@ -241,9 +250,7 @@ fn check_upgrade<B>(request: &Request<B>) -> Result<HeaderValue, Rejection> {
     {
         return Err(Rejection::UnsupportedVersion);
     }
-    let accept = derive_accept_key(key.as_bytes());
-    // The accept key is base64, always a valid header value.
-    HeaderValue::from_str(&accept).map_err(|_| Rejection::NotWebSocket("unusable key"))
+    Ok(key)
 }
 
 /// Whether any comma-separated element of any `name` header equals `token`, ignoring case.
@@ -321,26 +328,34 @@ pub fn is_valid_name(name: &str) -> bool {
 
 /// The request target with every `token` parameter's value replaced by `REDACTED`, for logs.
 pub fn redacted_target(uri: &http::Uri) -> String {
-    let path = uri.path();
-    let Some(query) = uri.query() else {
-        return path.to_owned();
-    };
-    let pairs: Vec<String> = query
-        .split('&')
-        .map(|pair| {
+    RedactedTarget(uri).to_string()
+}
+
+/// Displays a request target with every `token` value replaced by `REDACTED`, without
+/// allocating: log lines format it only if they are actually written.
+pub struct RedactedTarget<'a>(pub &'a http::Uri);
+
+impl fmt::Display for RedactedTarget<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.path())?;
+        let Some(query) = self.0.query() else {
+            return Ok(());
+        };
+        for (index, pair) in query.split('&').enumerate() {
+            f.write_str(if index == 0 { "?" } else { "&" })?;
             let (raw_key, _) = pair.split_once('=').unwrap_or((pair, ""));
             // Compare the decoded key, so `tok%65n=` is caught just like `token=`.
             let is_token = form_urlencoded::parse(raw_key.as_bytes())
                 .next()
                 .is_some_and(|(key, _)| key == "token");
             if is_token {
-                format!("{raw_key}=REDACTED")
+                write!(f, "{raw_key}=REDACTED")?;
             } else {
-                pair.to_owned()
+                f.write_str(pair)?;
             }
-        })
-        .collect();
-    format!("{path}?{}", pairs.join("&"))
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

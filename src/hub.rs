@@ -276,12 +276,14 @@ impl Reservation {
 
         let mut state = lock(&self.room.state);
         state.reserved.remove(&name);
-        let join = encode(&ServerEvent::Join {
-            room: room_name.clone(),
-            user: name.clone(),
-            ts: now_millis(),
-        });
-        state.broadcast(&room_name, join, None);
+        if !state.members.is_empty() {
+            let join = encode(&ServerEvent::Join {
+                room: room_name.clone(),
+                user: name.clone(),
+                ts: now_millis(),
+            });
+            state.broadcast(&room_name, join, None);
+        }
         state.members.push(Member {
             connection,
             name: name.clone(),
@@ -378,6 +380,9 @@ impl Drop for Membership {
         };
         state.members.remove(index);
         state.last_active = Instant::now();
+        if state.members.is_empty() {
+            return;
+        }
         let leave = encode(&ServerEvent::Leave {
             room: self.room.name.to_string(),
             user: self.name.clone(),

@@ -48,10 +48,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match runtime.block_on(serve(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+    // The server runs as a task on the worker threads rather than on this thread inside
+    // `block_on`: an accept loop on the main thread would hand every new connection to a
+    // worker with a cross-thread wake-up, which costs more than the handshake itself.
+    match runtime.block_on(async { tokio::spawn(serve(config)).await }) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(error)) => {
             eprintln!("wschat: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Err(error) => {
+            eprintln!("wschat: the server task failed: {error}");
             ExitCode::from(EXIT_FAILURE)
         }
     }

@@ -1,0 +1,151 @@
+//! `wschat-load`: a load generator for wschat (and for any server that broadcasts text frames),
+//! usable against any deployment.
+//!
+//! Scenarios: `handshake` (open, complete, close), `reject` (a bad token: how the server turns
+//! clients away, and that none of them ever gets a data frame), `fanout` (N members of one
+//! room, K senders, M messages each, burst or paced: deliveries/s, latency from a timestamp
+//! inside the text, completeness and per-sender order at every receiver) and `idle` (N idle
+//! authenticated connections: server memory per connection). Given the server's PID it also
+//! reports the server's CPU time per operation, read from `/proc`.
+//!
+//! `--protocol wschat` speaks SPEC §5 (JSON events, `welcome` first); `--protocol raw` treats
+//! every text frame as a broadcast message, for the comparison peers.
+
+mod procfs;
+mod scenarios;
+mod stats;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "wschat-load", version, about = "Load generator for wschat")]
+struct Cli {
+    /// WebSocket URL of the server, without query
+    #[arg(long, default_value = "ws://127.0.0.1:3000/")]
+    url: String,
+    /// Token sent as the `token` query parameter
+    #[arg(
+        long,
+        env = "WSCHAT_TOKEN",
+        hide_env_values = true,
+        default_value = "mysecrettoken123"
+    )]
+    token: String,
+    #[arg(long, value_enum, default_value_t = Protocol::Wschat)]
+    protocol: Protocol,
+    /// PID of the server process, to report its CPU time per operation and its memory
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    json: bool,
+    /// Give up on a scenario after this long
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    deadline: Duration,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// wschat's JSON events; the first frame of a connection is `welcome`
+    Wschat,
+    /// every text frame is a message; nothing is sent on connect
+    Raw,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Open a WebSocket, complete the handshake, close it; repeat
+    Handshake {
+        #[arg(long, default_value_t = 2000)]
+        connections: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: u64,
+    },
+    /// Like handshake, with a wrong token
+    Reject {
+        #[arg(long, default_value_t = 2000)]
+        connections: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: u64,
+    },
+    /// N members in one room, K of them sending M messages each
+    Fanout {
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        #[arg(long, default_value_t = 1)]
+        senders: usize,
+        #[arg(long, default_value_t = 1000)]
+        messages: u64,
+        /// Pace the senders to this many deliveries per second in total (0: burst)
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Bytes of text per message (at least the timestamp marker)
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// Hold N authenticated connections open and idle
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Members per room
+        #[arg(long, default_value_t = 100)]
+        room_size: usize,
+        /// Time to let the server settle before measuring
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        settle: Duration,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let target = scenarios::Target {
+        url: cli.url,
+        token: cli.token,
+        protocol: cli.protocol,
+        pid: cli.server_pid,
+        run: format!("{:08x}", rand::random::<u32>()),
+    };
+    let work = async {
+        match cli.scenario {
+            Scenario::Handshake {
+                connections,
+                concurrency,
+            } => scenarios::handshake(&target, connections, concurrency, true).await,
+            Scenario::Reject {
+                connections,
+                concurrency,
+            } => scenarios::handshake(&target, connections, concurrency, false).await,
+            Scenario::Fanout {
+                members,
+                senders,
+                messages,
+                rate,
+                size,
+            } => scenarios::fanout(&target, members, senders, messages, rate, size).await,
+            Scenario::Idle {
+                connections,
+                room_size,
+                settle,
+            } => scenarios::idle(&target, connections, room_size, settle).await,
+        }
+    };
+    match tokio::time::timeout(cli.deadline, work).await {
+        Ok(Ok(report)) => report.print(cli.json),
+        Ok(Err(error)) => {
+            eprintln!("wschat-load: {error}");
+            std::process::exit(1);
+        }
+        Err(_) => {
+            eprintln!(
+                "wschat-load: scenario did not finish within {:?}",
+                cli.deadline
+            );
+            std::process::exit(1);
+        }
+    }
+}
