@@ -288,7 +288,9 @@ fn base64(bytes: &[u8]) -> String {
             .fold(0_u32, |acc, (i, &b)| acc | u32::from(b) << (16 - 8 * i));
         for i in 0..4 {
             if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(group >> (18 - 6 * i) & 0x3f) as usize]));
+                out.push(char::from(
+                    ALPHABET[(group >> (18 - 6 * i) & 0x3f) as usize],
+                ));
             } else {
                 out.push('=');
             }

@@ -45,11 +45,94 @@ async fn healthz_says_ok() {
 }
 
 #[tokio::test]
-async fn the_page_explains_how_to_connect() {
+async fn the_page_is_the_chat_client() {
     let server = TestServer::start().await;
     let page = server.http("GET", "/", &[]).await.body;
     assert!(page.contains("<title>wschat</title>"), "{page}");
-    assert!(page.contains("token="), "{page}");
+    assert!(
+        page.contains(r#"<input id="token" type="password""#),
+        "{page}"
+    );
+    assert!(page.contains("new WebSocket("), "{page}");
+    assert!(
+        page.contains("token="),
+        "the page shows how other clients connect"
+    );
+    // Everything user-typed goes through textContent; the CSP's Trusted Types would refuse
+    // an HTML sink anyway, but it should not even be written.
+    assert!(!page.contains("innerHTML"), "the page uses innerHTML");
+}
+
+#[tokio::test]
+async fn the_page_has_a_strict_policy_and_safe_caching() {
+    let server = TestServer::start().await;
+    let response = server.http("GET", "/", &[]).await;
+    let header = |name: &str| {
+        response.headers[name]
+            .to_str()
+            .unwrap_or_else(|_| panic!("{name} is not text"))
+            .to_owned()
+    };
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    assert_eq!(header("referrer-policy"), "no-referrer");
+    assert_eq!(header("cache-control"), "no-cache");
+    let etag = header("etag");
+    assert!(
+        etag.len() > 2 && etag.starts_with('"') && etag.ends_with('"'),
+        "{etag}"
+    );
+
+    let csp = header("content-security-policy");
+    let directives: Vec<&str> = csp.split(';').map(str::trim).collect();
+    for expected in [
+        "default-src 'none'",
+        "connect-src 'self'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "require-trusted-types-for 'script'",
+    ] {
+        assert!(directives.contains(&expected), "{expected} missing: {csp}");
+    }
+    for directive in ["script-src", "style-src"] {
+        let sources = directives
+            .iter()
+            .find_map(|d| d.strip_prefix(directive))
+            .unwrap_or_else(|| panic!("{directive} missing: {csp}"));
+        // Exactly the page's own inline block, by hash: no 'unsafe-inline', no host.
+        let sources: Vec<&str> = sources.split_whitespace().collect();
+        assert_eq!(sources.len(), 1, "{csp}");
+        assert!(sources[0].starts_with("'sha256-"), "{csp}");
+    }
+}
+
+#[rstest]
+#[case::same_etag("{etag}", 304)]
+#[case::weak_form("W/{etag}", 304)]
+#[case::in_a_list("\"old\", {etag}", 304)]
+#[case::any("*", 304)]
+#[case::other_version("\"0123\"", 200)]
+#[tokio::test]
+async fn the_page_revalidates_with_its_etag(#[case] if_none_match: &str, #[case] status: u16) {
+    let server = TestServer::start().await;
+    let first = server.http("GET", "/", &[]).await;
+    let etag = first.headers["etag"].to_str().unwrap_or_default();
+    let if_none_match = if_none_match.replace("{etag}", etag);
+
+    let again = server
+        .http("GET", "/", &[("If-None-Match", &if_none_match)])
+        .await;
+    assert_eq!(again.status, status, "If-None-Match: {if_none_match}");
+    assert_eq!(again.headers["etag"], etag);
+    assert_eq!(
+        again.headers["content-security-policy"],
+        first.headers["content-security-policy"]
+    );
+    if status == 304 {
+        assert_eq!(again.body, "");
+    } else {
+        assert_eq!(again.body, first.body);
+    }
 }
 
 #[tokio::test]
