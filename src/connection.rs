@@ -10,40 +10,43 @@
 //! Room semantics live in `hub.rs`; this module only moves frames and enforces per-connection
 //! policy.
 
+use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::{Fuse, FutureExt};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
-use tokio::time::{interval_at, sleep, timeout, Instant, MissedTickBehavior, Sleep};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{sleep_until, timeout, Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::hub::{Joined, Kick, Membership};
+use crate::hub::{Joined, Membership};
 use crate::metrics::Metrics;
 use crate::protocol::{parse_client_frame, ClientFrame, ErrorCode, ServerEvent};
+use crate::queue::{EventQueue, Kick, Next};
 
 /// The WebSocket as this server sees it.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
-/// Read buffer per connection. Chat frames are small; tungstenite's 128 KiB default would make
-/// idle connections expensive, and a bigger frame still arrives, just in more reads.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Read buffer per connection, and the most read from the socket at once. Chat frames are
+/// small (a typical line of chat is well under 512 bytes), and this buffer is most of what an
+/// idle connection costs; tungstenite's 128 KiB default would make idle connections expensive.
+/// A bigger frame still arrives whole (the buffer grows to fit it), just in more reads.
+const READ_BUFFER_BYTES: usize = 512;
 
 /// Bytes buffered before tungstenite writes on its own; we flush after every batch anyway.
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
-
-/// Events moved from the queue into one write batch; bounds the time between reads.
-const MAX_BATCH: usize = 256;
 
 /// How long a server-initiated close waits for the client's answering close frame (outside
 /// shutdown, which uses the configured grace period).
@@ -81,12 +84,35 @@ impl ConnectionLimits {
 
 /// Wraps an upgraded stream as the server side of a WebSocket.
 pub async fn accept_socket(upgraded: Upgraded, limits: &ConnectionLimits) -> Socket {
-    WebSocketStream::from_raw_socket(
-        TokioIo::new(upgraded),
-        Role::Server,
-        Some(limits.websocket_config()),
-    )
-    .await
+    accept_io(TokioIo::new(upgraded), limits).await
+}
+
+async fn accept_io(io: TokioIo<Upgraded>, limits: &ConnectionLimits) -> Socket {
+    WebSocketStream::from_raw_socket(io, Role::Server, Some(limits.websocket_config())).await
+}
+
+/// Sends `welcome` as the first frame, then wraps the stream as a WebSocket.
+///
+/// The welcome is written straight to the socket, before tungstenite takes over: it can be the
+/// largest frame a connection ever gets (every member and up to `--history` messages), and
+/// tungstenite's write buffer would keep that capacity for the connection's whole life. A
+/// client that does not take its welcome within the idle timeout is dropped.
+pub async fn accept_with_welcome(
+    upgraded: Upgraded,
+    welcome: Utf8Bytes,
+    limits: &ConnectionLimits,
+) -> io::Result<Socket> {
+    let frame = Frame::message(Bytes::from(welcome), OpCode::Data(Data::Text), true);
+    let mut encoded = Vec::with_capacity(frame.len());
+    frame
+        .format(&mut encoded)
+        .map_err(|error| io::Error::other(error.to_string()))?;
+    let mut io = TokioIo::new(upgraded);
+    timeout(limits.idle_timeout, io.write_all(&encoded))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "welcome not taken in time"))??;
+    drop(encoded);
+    Ok(accept_io(io, limits).await)
 }
 
 /// Why a connection ended; decides the close frame and the log line.
@@ -136,6 +162,60 @@ impl Ending {
     }
 }
 
+/// The one timer of a connection: it fires for the next ping or at the idle deadline,
+/// whichever comes first. Frames from the client only record the time; the timer is moved
+/// when it fires, so a busy connection never touches the timer wheel per frame.
+struct Keepalive {
+    timer: Pin<Box<Sleep>>,
+    last_heard: Instant,
+    next_ping: Instant,
+    ping_interval: Duration,
+    idle_timeout: Duration,
+}
+
+/// What a firing keepalive timer asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Due {
+    Nothing,
+    Ping,
+    Idle,
+}
+
+impl Keepalive {
+    fn new(ping_interval: Duration, idle_timeout: Duration) -> Self {
+        let now = Instant::now();
+        let next_ping = now + ping_interval;
+        Self {
+            timer: Box::pin(sleep_until(next_ping.min(now + idle_timeout))),
+            last_heard: now,
+            next_ping,
+            ping_interval,
+            idle_timeout,
+        }
+    }
+
+    fn heard_from_client(&mut self) {
+        self.last_heard = Instant::now();
+    }
+
+    /// Decides what the timer firing means and re-arms it.
+    fn fired(&mut self) -> Due {
+        let now = Instant::now();
+        let idle_at = self.last_heard + self.idle_timeout;
+        if now >= idle_at {
+            return Due::Idle;
+        }
+        let due = if now >= self.next_ping {
+            self.next_ping = now + self.ping_interval;
+            Due::Ping
+        } else {
+            Due::Nothing
+        };
+        self.timer.as_mut().reset(self.next_ping.min(idle_at));
+        due
+    }
+}
+
 /// A token bucket: `rate` tokens per second, at most `burst` saved up.
 struct RateLimiter {
     rate: f64,
@@ -178,15 +258,8 @@ pub struct Connection {
     // announces `leave`, so whoever hears the leave can already take the freed slot.
     _capacity_permit: OwnedSemaphorePermit,
     membership: Membership,
-    welcome: Utf8Bytes,
-    events: mpsc::Receiver<Utf8Bytes>,
-    /// Fused: polled again after it fired (or its sender went away), it stays pending.
-    kicked: Fuse<oneshot::Receiver<Kick>>,
-    /// Fires at the idle deadline as last set; see `Connection::idle_expired`.
-    idle: Pin<Box<Sleep>>,
-    /// When the client last sent any frame. Frames only update this; the timer is moved
-    /// lazily when it fires, so a busy connection never touches the timer wheel per frame.
-    last_heard: Instant,
+    events: EventQueue,
+    keepalive: Keepalive,
     limits: ConnectionLimits,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     metrics: Metrics,
@@ -207,11 +280,8 @@ impl Connection {
             socket,
             _capacity_permit: permit,
             membership: joined.membership,
-            welcome: joined.welcome,
             events: joined.events,
-            kicked: joined.kicked.fuse(),
-            idle: Box::pin(sleep(limits.idle_timeout)),
-            last_heard: Instant::now(),
+            keepalive: Keepalive::new(limits.ping_interval, limits.idle_timeout),
             limits,
             shutdown: Box::pin(shutdown.cancelled_owned()),
             metrics,
@@ -220,42 +290,41 @@ impl Connection {
     }
 
     /// Runs the connection to its end, then closes it and leaves the room.
-    pub async fn run(mut self) {
-        self.metrics.connection_opened();
-        tracing::info!(
-            peer = %self.peer,
-            user = %self.membership.name(),
-            room = %self.membership.room(),
-            "connection accepted"
-        );
-        let ending = self.serve().await;
-        let close = ending.close_frame();
-        self.finish(close).await;
-        let code = match (&ending, close) {
-            (Ending::ClientClosed(code), _) => *code,
-            (_, Some((code, _))) => Some(u16::from(code)),
-            _ => None,
-        };
-        tracing::info!(
-            peer = %self.peer,
-            user = %self.membership.name(),
-            room = %self.membership.room(),
-            close_code = code,
-            reason = %ending.label(),
-            "connection closed"
-        );
-        self.metrics.connection_closed(ending.label());
-        // Dropping `self` drops the membership: the room hears `leave`.
+    ///
+    /// Takes the connection boxed, so that this future, which every open connection keeps,
+    /// moves a pointer around instead of copying the whole struct into several of its slots.
+    pub async fn run(mut self: Box<Self>) {
+        {
+            self.metrics.connection_opened();
+            tracing::info!(
+                peer = %self.peer,
+                user = %self.membership.name(),
+                room = %self.membership.room(),
+                "connection accepted"
+            );
+            let ending = self.serve().await;
+            let close = ending.close_frame();
+            // Boxed like `write`: the close handshake's state is only needed at the very end.
+            Box::pin(self.finish(close)).await;
+            let code = match (&ending, close) {
+                (Ending::ClientClosed(code), _) => *code,
+                (_, Some((code, _))) => Some(u16::from(code)),
+                _ => None,
+            };
+            tracing::info!(
+                peer = %self.peer,
+                user = %self.membership.name(),
+                room = %self.membership.room(),
+                close_code = code,
+                reason = %ending.label(),
+                "connection closed"
+            );
+            self.metrics.connection_closed(ending.label());
+            // Dropping `self` drops the membership: the room hears `leave`.
+        }
     }
 
     async fn serve(&mut self) -> Ending {
-        let welcome = Message::Text(self.welcome.clone());
-        if let Err(ending) = self.write(welcome, false).await {
-            return ending;
-        }
-        let first_ping = Instant::now() + self.limits.ping_interval;
-        let mut ping = interval_at(first_ping, self.limits.ping_interval);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut limiter = RateLimiter::new(self.limits.rate_limit, self.limits.rate_burst);
         let mut refused_in_a_row = 0;
 
@@ -263,10 +332,15 @@ impl Connection {
             tokio::select! {
                 biased;
                 () = self.shutdown.as_mut() => return Ending::Shutdown,
-                Ok(Kick::SlowConsumer) = &mut self.kicked => return Ending::SlowConsumer,
-                () = self.idle.as_mut() => if self.idle_expired() { return Ending::Idle },
+                () = self.keepalive.timer.as_mut() => match self.keepalive.fired() {
+                    Due::Idle => return Ending::Idle,
+                    Due::Ping => if let Err(ending) = self.write(Some(Message::Ping(Bytes::new()))).await {
+                        return ending;
+                    },
+                    Due::Nothing => {}
+                },
                 frame = self.socket.next() => {
-                    self.last_heard = Instant::now();
+                    self.keepalive.heard_from_client();
                     let text = match frame {
                         Some(Ok(Message::Text(text))) => text,
                         Some(Ok(Message::Binary(_))) => return Ending::Binary,
@@ -285,31 +359,26 @@ impl Connection {
                             return Ending::Flooding;
                         }
                         let error = error_event(ErrorCode::RateLimited, "too many messages; slow down");
-                        if let Err(ending) = self.write(error, false).await {
+                        if let Err(ending) = self.write(Some(error)).await {
                             return ending;
                         }
                         continue;
                     }
                     refused_in_a_row = 0;
                     if let Some(error) = self.handle_text(text.as_str()) {
-                        if let Err(ending) = self.write(error, false).await {
+                        if let Err(ending) = self.write(Some(error)).await {
                             return ending;
                         }
                     }
                 }
-                event = self.events.recv() => {
-                    // The hub holds the sender while we are a member; losing it means we were
-                    // removed, and the kick branch above explains why.
-                    let Some(event) = event else { return Ending::SlowConsumer };
-                    if let Err(ending) = self.write(Message::Text(event), true).await {
+                next = self.events.next_batch() => match next {
+                    Next::Events => if let Err(ending) = self.write(None).await {
                         return ending;
-                    }
-                }
-                _ = ping.tick() => {
-                    if let Err(ending) = self.write(Message::Ping(Bytes::new()), false).await {
-                        return ending;
-                    }
-                }
+                    },
+                    Next::Kicked(Kick::SlowConsumer) => return Ending::SlowConsumer,
+                    // The hub holds the sender while we are a member, so this means removal.
+                    Next::Closed => return Ending::SlowConsumer,
+                },
             }
         }
     }
@@ -328,48 +397,58 @@ impl Connection {
         }
     }
 
-    /// Whether the client has been silent for the idle timeout; if not, re-arms the timer
-    /// for the deadline that follows from the last frame heard.
-    fn idle_expired(&mut self) -> bool {
-        idle_expired(&mut self.idle, self.last_heard, self.limits.idle_timeout)
+    /// Sends `reply` (a frame for this client alone), or with `None` the batch of room
+    /// events just taken from the queue, and flushes once. Gives up if the hub kicks us, the
+    /// server shuts down or the idle deadline passes while the client is not reading.
+    ///
+    /// The write's state (about 400 bytes) is boxed so that it exists only while a write is
+    /// under way, not in the allocation every idle connection keeps.
+    async fn write(&mut self, reply: Option<Message>) -> Result<(), Ending> {
+        Box::pin(self.write_now(reply)).await
     }
 
-    /// Writes `first` (and, with `drain`, whatever else the room has queued) and flushes once.
-    /// Gives up if the hub kicks us, the server shuts down or the idle deadline passes while
-    /// the client is not reading.
-    async fn write(&mut self, first: Message, drain: bool) -> Result<(), Ending> {
+    async fn write_now(&mut self, reply: Option<Message>) -> Result<(), Ending> {
         let Self {
             socket,
             events,
-            kicked,
             shutdown,
-            idle,
-            last_heard,
-            limits,
+            keepalive,
             ..
         } = self;
-        let batch = async {
-            socket.feed(first).await?;
-            if drain {
-                for _ in 1..MAX_BATCH {
-                    let Ok(event) = events.try_recv() else { break };
-                    socket.feed(Message::Text(event)).await?;
+        // Moved out so the kick can be watched while the batch is written; handed back after,
+        // so its buffer is reused.
+        let mut batch = match reply {
+            Some(_) => VecDeque::new(),
+            None => std::mem::take(events.batch()),
+        };
+        let outcome = {
+            let writing = async {
+                match reply {
+                    Some(message) => socket.feed(message).await?,
+                    None => {
+                        for event in batch.drain(..) {
+                            socket.feed(Message::Text(event)).await?;
+                        }
+                    }
+                }
+                socket.flush().await
+            };
+            tokio::pin!(writing);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = shutdown.as_mut() => break Err(Ending::Shutdown),
+                    Kick::SlowConsumer = events.kicked() => break Err(Ending::SlowConsumer),
+                    // A ping falling due now is skipped: this client is not reading anyway.
+                    () = keepalive.timer.as_mut() => if keepalive.fired() == Due::Idle {
+                        break Err(Ending::Idle);
+                    },
+                    result = &mut writing => break result.map_err(ending_for),
                 }
             }
-            socket.flush().await
         };
-        tokio::pin!(batch);
-        loop {
-            tokio::select! {
-                biased;
-                () = shutdown.as_mut() => return Err(Ending::Shutdown),
-                Ok(Kick::SlowConsumer) = &mut *kicked => return Err(Ending::SlowConsumer),
-                () = idle.as_mut() => if idle_expired(idle, *last_heard, limits.idle_timeout) {
-                    return Err(Ending::Idle);
-                },
-                result = &mut batch => return result.map_err(ending_for),
-            }
-        }
+        *events.batch() = batch;
+        outcome
     }
 
     /// Sends our close frame (if we are the one closing) and waits, bounded, for the close
@@ -400,17 +479,6 @@ impl Connection {
         };
         let _ = timeout(wait, handshake).await;
     }
-}
-
-/// The idle check behind `Connection::idle_expired`, on borrowed parts so `write` can use it
-/// while the socket is borrowed too.
-fn idle_expired(idle: &mut Pin<Box<Sleep>>, last_heard: Instant, idle_timeout: Duration) -> bool {
-    let deadline = last_heard + idle_timeout;
-    if deadline <= Instant::now() {
-        return true;
-    }
-    idle.as_mut().reset(deadline);
-    false
 }
 
 fn ending_for(error: WsError) -> Ending {

@@ -17,19 +17,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot};
+use crate::queue::{event_queue, EventQueue, EventSender, Full, Kick};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::handshake::Rejection;
 use crate::metrics::Metrics;
 use crate::protocol::{ChatMessage, ServerEvent};
-
-/// Why the hub tells a connection to close.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kick {
-    /// Its send queue filled up: it does not read fast enough.
-    SlowConsumer,
-}
 
 /// Limits the hub enforces.
 #[derive(Debug, Clone, Copy)]
@@ -77,8 +70,7 @@ struct RoomState {
 struct Member {
     connection: u64,
     name: String,
-    events: mpsc::Sender<Utf8Bytes>,
-    kick: Option<oneshot::Sender<Kick>>,
+    events: EventSender,
 }
 
 impl Hub {
@@ -192,40 +184,31 @@ impl RoomState {
             .collect()
     }
 
-    /// Queues `event` for every member except `skip`; returns how many got it. Members whose
-    /// queue is full are removed, told to close, and announced as having left; that is repeated
-    /// until no announcement overflows another queue.
-    fn broadcast(&mut self, room: &str, event: Utf8Bytes, skip: Option<u64>) -> u64 {
+    /// Queues `event` for every member; returns how many got it. Members whose queue is full
+    /// are removed, told to close, and announced as having left; that is repeated until no
+    /// announcement overflows another queue.
+    fn broadcast(&mut self, room: &str, event: Utf8Bytes) -> u64 {
         let mut delivered = 0;
         let mut overflowed = Vec::new();
         for member in &self.members {
-            if Some(member.connection) == skip {
-                continue;
-            }
-            match member.events.try_send(event.clone()) {
+            match member.events.try_push(event.clone()) {
                 Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => overflowed.push(member.connection),
-                // The connection is already ending; its `Membership` drop announces the leave.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(Full) => overflowed.push(member.connection),
             }
         }
         while let Some(connection) = overflowed.pop() {
             let Some(index) = self.members.iter().position(|m| m.connection == connection) else {
                 continue;
             };
-            let mut member = self.members.swap_remove(index);
-            if let Some(kick) = member.kick.take() {
-                let _ = kick.send(Kick::SlowConsumer);
-            }
+            let member = self.members.swap_remove(index);
+            member.events.kick(Kick::SlowConsumer);
             let leave = encode(&ServerEvent::Leave {
                 room: room.to_owned(),
                 user: member.name,
                 ts: now_millis(),
             });
             for other in &self.members {
-                if let Err(mpsc::error::TrySendError::Full(_)) =
-                    other.events.try_send(leave.clone())
-                {
+                if other.events.try_push(leave.clone()).is_err() {
                     overflowed.push(other.connection);
                 }
             }
@@ -247,10 +230,8 @@ pub struct Joined {
     pub membership: Membership,
     /// The `welcome` frame, to be sent before anything from `events`.
     pub welcome: Utf8Bytes,
-    /// Room events for this member, in room order.
-    pub events: mpsc::Receiver<Utf8Bytes>,
-    /// Fires if the hub drops this member (slow consumer).
-    pub kicked: oneshot::Receiver<Kick>,
+    /// Room events for this member, in room order, and the hub's kick if it drops the member.
+    pub events: EventQueue,
 }
 
 impl Reservation {
@@ -265,8 +246,7 @@ impl Reservation {
     /// Makes the reserved name a member: the others get `join`, the newcomer its `welcome`.
     pub fn join(mut self) -> Joined {
         let name = self.name.take().unwrap_or_default();
-        let (events_tx, events) = mpsc::channel(self.hub.inner.limits.send_queue);
-        let (kick_tx, kicked) = oneshot::channel();
+        let (events_tx, events) = event_queue(self.hub.inner.limits.send_queue);
         let connection = self
             .hub
             .inner
@@ -282,13 +262,12 @@ impl Reservation {
                 user: name.clone(),
                 ts: now_millis(),
             });
-            state.broadcast(&room_name, join, None);
+            state.broadcast(&room_name, join);
         }
         state.members.push(Member {
             connection,
             name: name.clone(),
             events: events_tx,
-            kick: Some(kick_tx),
         });
         state.last_active = Instant::now();
         let welcome = ServerEvent::Welcome {
@@ -308,7 +287,6 @@ impl Reservation {
             },
             welcome: encode(&welcome),
             events,
-            kicked,
         }
     }
 }
@@ -361,7 +339,7 @@ impl Membership {
             state.history.push_back(message.clone());
         }
         let frame = encode(&ServerEvent::Message(message));
-        let delivered = state.broadcast(&self.room.name, frame, None);
+        let delivered = state.broadcast(&self.room.name, frame);
         drop(state);
         metrics.messages_delivered(delivered);
     }
@@ -388,7 +366,7 @@ impl Drop for Membership {
             user: self.name.clone(),
             ts: now_millis(),
         });
-        state.broadcast(&self.room.name, leave, None);
+        state.broadcast(&self.room.name, leave);
     }
 }
 

@@ -26,6 +26,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
+pub mod queue;
 pub mod server;
 pub mod throttle;
 

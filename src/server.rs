@@ -184,6 +184,10 @@ impl Server {
 }
 
 /// One TCP connection: HTTP until hyper hands over an upgraded socket, then the chat.
+///
+/// The HTTP phase and the upgrade are boxed, so their state (hyper's connection alone is about
+/// 2 KiB) is freed when they end; what an open chat connection keeps is this task's own
+/// allocation, sized by `Connection::run`.
 async fn serve_tcp(
     stream: TcpStream,
     peer: SocketAddr,
@@ -191,11 +195,79 @@ async fn serve_tcp(
     http: Arc<auto::Builder<TokioExecutor>>,
     watcher: Watcher,
 ) {
+    // Each boxed phase is built in its own statement: a temporary in the awaiting statement
+    // would keep the unboxed future's size reserved in this task's state.
+    let http_phase = Box::pin(serve_http(stream, peer, &state, &http, watcher));
+    let pending = http_phase.await;
+    drop(http);
+    let Some(pending) = pending else { return };
+    let upgrade_phase = Box::pin(take_over(pending, peer, state));
+    let Some(connection) = upgrade_phase.await else {
+        return;
+    };
+    connection.run().await;
+}
+
+/// Takes over the socket of an answered `101`: returns the chat connection, or sends close
+/// 1008 (auth-failure mode `close`) and returns nothing.
+async fn take_over(
+    pending: PendingUpgrade,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+) -> Option<Box<Connection>> {
+    match pending {
+        PendingUpgrade::Refuse { upgrade, reason } => {
+            if let Ok(upgraded) = upgrade.await {
+                let socket = connection::accept_socket(upgraded, &state.limits).await;
+                connection::close_immediately(socket, reason).await;
+            }
+            None
+        }
+        PendingUpgrade::Chat {
+            upgrade,
+            reservation,
+            permit,
+        } => {
+            let Ok(upgraded) = upgrade.await else {
+                tracing::debug!(%peer, "upgrade did not complete");
+                return None;
+            };
+            let mut joined = reservation.join();
+            let welcome = std::mem::take(&mut joined.welcome);
+            let socket =
+                match connection::accept_with_welcome(upgraded, welcome, &state.limits).await {
+                    Ok(socket) => socket,
+                    Err(error) => {
+                        tracing::info!(%peer, %error, "connection lost before its welcome");
+                        return None;
+                    }
+                };
+            Some(Box::new(Connection::new(
+                socket,
+                joined,
+                permit,
+                state.limits,
+                state.shutdown.clone(),
+                state.metrics.clone(),
+                peer,
+            )))
+        }
+    }
+}
+
+/// Serves HTTP on the connection until it ends or is upgraded; returns the pending upgrade.
+async fn serve_http(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: &Arc<AppState>,
+    http: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) -> Option<PendingUpgrade> {
     // Chat frames are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
     let slot: UpgradeSlot = Arc::new(Mutex::new(None));
     let service = {
-        let (state, slot) = (Arc::clone(&state), Arc::clone(&slot));
+        let (state, slot) = (Arc::clone(state), Arc::clone(&slot));
         service_fn(move |request| {
             routes::handle(request, Arc::clone(&state), peer, Arc::clone(&slot))
         })
@@ -210,35 +282,5 @@ async fn serve_tcp(
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .take();
-    match pending {
-        None => {}
-        Some(PendingUpgrade::Refuse { upgrade, reason }) => {
-            if let Ok(upgraded) = upgrade.await {
-                let socket = connection::accept_socket(upgraded, &state.limits).await;
-                connection::close_immediately(socket, reason).await;
-            }
-        }
-        Some(PendingUpgrade::Chat {
-            upgrade,
-            reservation,
-            permit,
-        }) => {
-            let Ok(upgraded) = upgrade.await else {
-                tracing::debug!(%peer, "upgrade did not complete");
-                return;
-            };
-            let socket = connection::accept_socket(upgraded, &state.limits).await;
-            let joined = reservation.join();
-            let connection = Connection::new(
-                socket,
-                joined,
-                permit,
-                state.limits,
-                state.shutdown.clone(),
-                state.metrics.clone(),
-                peer,
-            );
-            connection.run().await;
-        }
-    }
+    pending
 }
