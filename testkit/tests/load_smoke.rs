@@ -9,8 +9,19 @@ use wschat_testkit::TestServer;
 
 fn load(server: &TestServer, args: &[&str]) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_wschat-load"))
-        .args(["--url", &server.ws_url(), "--token", server.token(), "--json"])
-        .args(["--server-pid", &std::process::id().to_string(), "--deadline", "30s"])
+        .args([
+            "--url",
+            &server.ws_url(),
+            "--token",
+            server.token(),
+            "--json",
+        ])
+        .args([
+            "--server-pid",
+            &std::process::id().to_string(),
+            "--deadline",
+            "30s",
+        ])
         .args(args)
         .env_remove("WSCHAT_TOKEN")
         .output()
@@ -26,12 +37,21 @@ fn load(server: &TestServer, args: &[&str]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_and_reject_scenarios_complete() {
     let server = TestServer::start().await;
-    let accepted = load(&server, &["handshake", "--connections", "20", "--concurrency", "4"]);
+    let accepted = load(
+        &server,
+        &["handshake", "--connections", "20", "--concurrency", "4"],
+    );
     assert_eq!(accepted["outcome_accepted"], 20, "{accepted}");
-    let rejected = load(&server, &["reject", "--connections", "20", "--concurrency", "4"]);
+    let rejected = load(
+        &server,
+        &["reject", "--connections", "20", "--concurrency", "4"],
+    );
     assert_eq!(rejected["outcome_http_401"], 20, "{rejected}");
     assert_eq!(rejected["data_frames_to_rejected"], 0, "{rejected}");
-    assert!(rejected["server_cpu_us_per_op"].as_f64().is_some(), "{rejected}");
+    assert!(
+        rejected["server_cpu_us_per_op"].as_f64().is_some(),
+        "{rejected}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +59,15 @@ async fn fanout_scenario_delivers_everything_in_order() {
     let server = TestServer::start_with(|config| config.rate_limit = 0).await;
     let report = load(
         &server,
-        &["fanout", "--members", "5", "--senders", "2", "--messages", "20"],
+        &[
+            "fanout",
+            "--members",
+            "5",
+            "--senders",
+            "2",
+            "--messages",
+            "20",
+        ],
     );
     assert_eq!(report["deliveries"], 200, "{report}");
     assert_eq!(report["lost"], 0, "{report}");
@@ -50,7 +78,18 @@ async fn fanout_scenario_delivers_everything_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_scenario_reports_memory() {
     let server = TestServer::start().await;
-    let report = load(&server, &["idle", "--connections", "10", "--room-size", "5", "--settle", "10ms"]);
+    let report = load(
+        &server,
+        &[
+            "idle",
+            "--connections",
+            "10",
+            "--room-size",
+            "5",
+            "--settle",
+            "10ms",
+        ],
+    );
     assert_eq!(report["connections"], 10, "{report}");
     assert!(report["kib_per_connection"].as_f64().is_some(), "{report}");
 }
