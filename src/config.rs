@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -161,7 +162,20 @@ pub enum ConfigError {
     MustBePositive { name: &'static str },
     #[error("--rate-burst must be at least 1 when --rate-limit is on")]
     ZeroBurst,
+    #[error("{name} must be at most {max}")]
+    TooLarge {
+        name: &'static str,
+        max: &'static str,
+    },
 }
+
+/// The longest duration any option accepts: far beyond any sensible timeout, and far from the
+/// point where adding it to the clock would overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// The most connections `--max-connections` accepts: beyond any file-descriptor limit, and
+/// within what a semaphore can count.
+pub const MAX_CONNECTIONS: usize = 1 << 24;
 
 impl Config {
     /// Checks the rules of SPEC §2 that a type cannot express.
@@ -193,12 +207,28 @@ impl Config {
         if self.rate_limit > 0 && self.rate_burst == 0 {
             return Err(ConfigError::ZeroBurst);
         }
+        if self.max_connections > MAX_CONNECTIONS {
+            return Err(ConfigError::TooLarge {
+                name: "--max-connections",
+                max: "16777216",
+            });
+        }
+        let durations = [
+            ("--ping-interval", self.ping_interval),
+            ("--idle-timeout", self.idle_timeout),
+            ("--handshake-timeout", self.handshake_timeout),
+            ("--shutdown-grace", self.shutdown_grace),
+            ("--auth-fail-window", self.auth_fail_window),
+        ];
+        if let Some((name, _)) = durations.iter().find(|(_, value)| *value > MAX_DURATION) {
+            return Err(ConfigError::TooLarge { name, max: "365d" });
+        }
         Ok(())
     }
 }
 
-/// The command line of `wschat` (SPEC §2).
-#[derive(Debug, Parser)]
+/// The command line of `wschat` (SPEC §2). No `Debug`: it would print the token.
+#[derive(Parser)]
 #[command(
     name = "wschat",
     version,
@@ -299,6 +329,32 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// Parses the process's arguments and environment. When the token comes from both
+    /// `WSCHAT_TOKEN(_FILE)` and the other option's flag, the flag wins, as it does over its
+    /// own variable; both given as flags (or both as variables) is an error.
+    pub fn try_parse_args() -> Result<Self, clap::Error> {
+        Self::try_parse_from_args(std::env::args_os())
+    }
+
+    /// [`Cli::try_parse_args`] for explicit arguments (the environment is still read).
+    pub fn try_parse_from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        let from_env = |id: &str| matches.value_source(id) == Some(ValueSource::EnvVariable);
+        if cli.token.is_some() && cli.token_file.is_some() {
+            match (from_env("token"), from_env("token_file")) {
+                (true, false) => cli.token = None,
+                (false, true) => cli.token_file = None,
+                _ => {}
+            }
+        }
+        Ok(cli)
+    }
+
     /// Resolves the token source and validates the result.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let token = match (self.token, self.token_file) {
@@ -356,9 +412,26 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["wschat"];
         argv.extend_from_slice(args);
-        Cli::try_parse_from(argv)
+        Cli::try_parse_from_args(argv)
             .expect("arguments parse")
             .into_config()
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_not_panicked_on() {
+        for args in [
+            &["--max-connections", "18446744073709551615"][..],
+            &["--idle-timeout", "500000000000y"],
+            &["--ping-interval", "400d"],
+            &["--auth-fail-window", "1000y"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::TooLarge { .. }),
+                "{args:?}: {err}"
+            );
+            assert!(err.to_string().contains(args[0]), "{err}");
+        }
     }
 
     #[test]

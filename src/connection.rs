@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::hub::{Joined, Membership};
+use crate::hub::{Joined, Membership, NotAMember};
 use crate::metrics::Metrics;
 use crate::protocol::{parse_client_frame, ClientFrame, ErrorCode, ServerEvent};
 use crate::queue::{EventQueue, Kick, Next};
@@ -96,11 +96,13 @@ async fn accept_io(io: TokioIo<Upgraded>, limits: &ConnectionLimits) -> Socket {
 /// The welcome is written straight to the socket, before tungstenite takes over: it can be the
 /// largest frame a connection ever gets (every member and up to `--history` messages), and
 /// tungstenite's write buffer would keep that capacity for the connection's whole life. A
-/// client that does not take its welcome within the idle timeout is dropped.
+/// client that does not take its welcome within the idle timeout, or before the server starts
+/// shutting down, is dropped.
 pub async fn accept_with_welcome(
     upgraded: Upgraded,
     welcome: Utf8Bytes,
     limits: &ConnectionLimits,
+    shutdown: &CancellationToken,
 ) -> io::Result<Socket> {
     let frame = Frame::message(Bytes::from(welcome), OpCode::Data(Data::Text), true);
     let mut encoded = Vec::with_capacity(frame.len());
@@ -108,9 +110,13 @@ pub async fn accept_with_welcome(
         .format(&mut encoded)
         .map_err(|error| io::Error::other(error.to_string()))?;
     let mut io = TokioIo::new(upgraded);
-    timeout(limits.idle_timeout, io.write_all(&encoded))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "welcome not taken in time"))??;
+    tokio::select! {
+        written = timeout(limits.idle_timeout, io.write_all(&encoded)) => written
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "welcome not taken in time"))??,
+        () = shutdown.cancelled() => {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "server shutting down"));
+        }
+    }
     drop(encoded);
     Ok(accept_io(io, limits).await)
 }
@@ -329,6 +335,9 @@ impl Connection {
         let mut refused_in_a_row = 0;
 
         loop {
+            // Order matters: the room's events (and a kick) are handled before more client
+            // frames are read, so a client that pipelines frames cannot run ahead of its own
+            // deliveries.
             tokio::select! {
                 biased;
                 () = self.shutdown.as_mut() => return Ending::Shutdown,
@@ -338,6 +347,14 @@ impl Connection {
                         return ending;
                     },
                     Due::Nothing => {}
+                },
+                next = self.events.next_batch() => match next {
+                    Next::Events => if let Err(ending) = self.write(None).await {
+                        return ending;
+                    },
+                    Next::Kicked(Kick::SlowConsumer) => return Ending::SlowConsumer,
+                    // The hub holds the sender while we are a member, so this means removal.
+                    Next::Closed => return Ending::SlowConsumer,
                 },
                 frame = self.socket.next() => {
                     self.keepalive.heard_from_client();
@@ -365,36 +382,34 @@ impl Connection {
                         continue;
                     }
                     refused_in_a_row = 0;
-                    if let Some(error) = self.handle_text(text.as_str()) {
-                        if let Err(ending) = self.write(Some(error)).await {
+                    match self.handle_text(text.as_str()) {
+                        Ok(None) => {}
+                        Ok(Some(error)) => if let Err(ending) = self.write(Some(error)).await {
                             return ending;
-                        }
+                        },
+                        Err(NotAMember) => return Ending::SlowConsumer,
                     }
+                    // Frames already buffered would otherwise be read and posted without a
+                    // pause; yielding lets the members this message woke take it first, so
+                    // one fast sender cannot fill everyone's queue in a single turn.
+                    tokio::task::yield_now().await;
                 }
-                next = self.events.next_batch() => match next {
-                    Next::Events => if let Err(ending) = self.write(None).await {
-                        return ending;
-                    },
-                    Next::Kicked(Kick::SlowConsumer) => return Ending::SlowConsumer,
-                    // The hub holds the sender while we are a member, so this means removal.
-                    Next::Closed => return Ending::SlowConsumer,
-                },
             }
         }
     }
 
     /// Acts on one text frame; returns the `error` event to send back, if any.
-    fn handle_text(&self, text: &str) -> Option<Message> {
-        match parse_client_frame(text) {
+    fn handle_text(&self, text: &str) -> Result<Option<Message>, NotAMember> {
+        Ok(match parse_client_frame(text) {
             ClientFrame::Say(text) if text.trim().is_empty() => {
                 Some(error_event(ErrorCode::EmptyMessage, "message is empty"))
             }
             ClientFrame::Say(text) => {
-                self.membership.say(text);
+                self.membership.say(text)?;
                 None
             }
             ClientFrame::BadRequest(reason) => Some(error_event(ErrorCode::BadRequest, &reason)),
-        }
+        })
     }
 
     /// Sends `reply` (a frame for this client alone), or with `None` the batch of room

@@ -157,12 +157,20 @@ fn upgrade(
             (accept_key, PendingUpgrade::Refuse { upgrade, reason })
         }
         Decision::Accept(admission) => {
+            // Capacity is checked last (SPEC §4), but a full server must not create a room
+            // (and evict an idle one) for a request it is about to refuse: without a permit,
+            // the room and name are only checked.
+            let Ok(permit) = Arc::clone(&state.capacity).try_acquire_owned() else {
+                let name = admission.name.as_deref();
+                let rejection = match state.hub.check(&admission.room, name) {
+                    Ok(()) => Rejection::AtCapacity,
+                    Err(rejection) => rejection,
+                };
+                return reject(rejection);
+            };
             let reservation = match state.hub.reserve(&admission.room, admission.name) {
                 Ok(reservation) => reservation,
                 Err(rejection) => return reject(rejection),
-            };
-            let Ok(permit) = Arc::clone(&state.capacity).try_acquire_owned() else {
-                return reject(Rejection::AtCapacity);
             };
             let upgrade = hyper::upgrade::on(&mut request);
             (

@@ -120,6 +120,23 @@ impl Hub {
         })
     }
 
+    /// Whether `reserve` would succeed, without reserving or creating anything.
+    pub fn check(&self, room: &str, name: Option<&str>) -> Result<(), Rejection> {
+        let registry = lock(&self.inner.registry);
+        match registry.rooms.get(room) {
+            Some(existing) => match name {
+                Some(name) if lock(&existing.state).is_taken(name) => Err(Rejection::NameTaken),
+                _ => Ok(()),
+            },
+            None if registry.rooms.len() >= self.inner.limits.max_rooms
+                && !registry.has_idle_room() =>
+            {
+                Err(Rejection::TooManyRooms)
+            }
+            None => Ok(()),
+        }
+    }
+
     fn create_room(&self, registry: &mut Registry, name: &str) -> Result<Arc<Room>, Rejection> {
         if registry.rooms.len() >= self.inner.limits.max_rooms {
             registry
@@ -149,6 +166,10 @@ impl Hub {
 }
 
 impl Registry {
+    fn has_idle_room(&self) -> bool {
+        self.rooms.values().any(|room| lock(&room.state).is_idle())
+    }
+
     /// Drops the least recently active room that has no members and no reservations.
     fn evict_one_idle_room(&mut self) -> Option<()> {
         let (name, next_id) = self
@@ -318,10 +339,20 @@ impl Membership {
 
     /// Posts `text` to the room: it gets the next id, enters the history, and is queued for
     /// every member, the sender included.
-    pub fn say(&self, text: String) {
+    ///
+    /// Fails if the hub has already removed this member (as a slow consumer): frames it sent
+    /// before it noticed are not posted, and its name, now free, cannot be spoken for.
+    pub fn say(&self, text: String) -> Result<(), NotAMember> {
         let metrics = &self.hub.inner.metrics;
         metrics.message_received();
         let mut state = lock(&self.room.state);
+        if !state
+            .members
+            .iter()
+            .any(|m| m.connection == self.connection)
+        {
+            return Err(NotAMember);
+        }
         let message = ChatMessage {
             id: state.next_id,
             room: self.room.name.to_string(),
@@ -342,8 +373,13 @@ impl Membership {
         let delivered = state.broadcast(&self.room.name, frame);
         drop(state);
         metrics.messages_delivered(delivered);
+        Ok(())
     }
 }
+
+/// The hub had already removed the member that tried to post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotAMember;
 
 impl Drop for Membership {
     fn drop(&mut self) {
@@ -386,4 +422,39 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Next;
+
+    #[tokio::test]
+    async fn a_member_dropped_as_slow_consumer_can_no_longer_post() {
+        let limits = HubLimits {
+            history: 10,
+            max_rooms: 10,
+            send_queue: 2,
+        };
+        let hub = Hub::new(limits, Metrics::new());
+        let a = hub.reserve("r", Some("a".into())).unwrap().join();
+        let mut b = hub.reserve("r", Some("b".into())).unwrap().join();
+
+        // a never reads: `join b` and `x` fill its queue, `y` overflows it.
+        b.membership.say("x".into()).unwrap();
+        assert_eq!(b.events.next_batch().await, Next::Events);
+        b.membership.say("y".into()).unwrap();
+
+        assert_eq!(a.membership.say("ghost".into()), Err(NotAMember));
+        let late = hub
+            .reserve("r", Some("a".into()))
+            .expect("the name is free again")
+            .join();
+        let welcome: ServerEvent = serde_json::from_str(&late.welcome).unwrap();
+        let ServerEvent::Welcome { history, .. } = welcome else {
+            panic!("expected a welcome");
+        };
+        let texts: Vec<&str> = history.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["x", "y"]);
+    }
 }

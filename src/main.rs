@@ -3,7 +3,6 @@
 use std::io::{self, ErrorKind, IsTerminal};
 use std::process::ExitCode;
 
-use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use wschat::config::default_listeners;
@@ -15,7 +14,7 @@ const EXIT_BAD_CONFIG: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_args() {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
             // --help and --version: clap prints them in full.
@@ -71,7 +70,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     let listeners = bind_listeners(&config).await?;
-    let server = Server::from_listeners(listeners, config);
+    let server = Server::from_listeners(listeners, config)?;
     for addr in server.local_addrs() {
         println!("wschat listening on ws://{addr}");
     }

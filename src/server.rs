@@ -4,9 +4,14 @@
 //! addresses fail before anything runs). `Server::run` accepts connections until its shutdown
 //! future resolves. Each TCP connection gets one task, owned by a `JoinSet` here: the task
 //! serves HTTP with hyper and, if the request was upgraded, goes on to run the chat connection.
-//! On shutdown the listeners close, hyper connections finish gracefully (hyper-util's
-//! `GracefulShutdown`), chat connections send close 1001 and wait for the client's reply, and
+//! On shutdown the listeners close, HTTP connections finish their request and close (hyper's
+//! `graceful_shutdown`), chat connections send close 1001 and wait for the client's reply, and
 //! whatever is still running when the grace period ends is aborted. No task outlives `run`.
+//!
+//! HTTP is served with hyper's HTTP/1 connection builder directly. hyper-util's version-sniffing
+//! `auto` builder would first wait, without a timeout, for bytes to tell HTTP/1 from HTTP/2, so
+//! a client that connects and sends nothing would never be dropped; WebSocket upgrades are
+//! HTTP/1.1 anyway (RFC 6455). hyper's header-read timeout then covers the silent client too.
 
 use std::future::Future;
 use std::io;
@@ -15,10 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::select_all;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -49,7 +53,7 @@ pub enum StartError {
 pub struct Server {
     listeners: Vec<TcpListener>,
     state: Arc<AppState>,
-    http: auto::Builder<TokioExecutor>,
+    http: http1::Builder,
     shutdown_grace: Duration,
 }
 
@@ -64,12 +68,17 @@ impl Server {
                 .map_err(|source| StartError::Bind { addr, source })?;
             listeners.push(listener);
         }
-        Ok(Self::from_listeners(listeners, config))
+        Self::from_listeners(listeners, config)
     }
 
     /// Builds a server on listeners the caller has bound already (e.g. to skip an address the
-    /// host does not have).
-    pub fn from_listeners(listeners: Vec<TcpListener>, config: Config) -> Self {
+    /// host does not have). `config.listen` is not bound again, but the rest of `config` is
+    /// validated, and there must be at least one listener.
+    pub fn from_listeners(listeners: Vec<TcpListener>, config: Config) -> Result<Self, StartError> {
+        config.validate()?;
+        if listeners.is_empty() {
+            return Err(ConfigError::NoListener.into());
+        }
         let metrics = Metrics::new();
         let hub = Hub::new(
             HubLimits {
@@ -100,17 +109,15 @@ impl Server {
             throttle: Throttle::new(config.auth_fail_limit, config.auth_fail_window),
             shutdown: CancellationToken::new(),
         });
-        // WebSocket upgrades are HTTP/1.1 only (RFC 6455); HTTP/2 would need RFC 8441.
-        let mut http = auto::Builder::new(TokioExecutor::new()).http1_only();
-        http.http1()
-            .timer(TokioTimer::new())
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
             .header_read_timeout(config.handshake_timeout);
-        Self {
+        Ok(Self {
             listeners,
             state,
             http,
             shutdown_grace: config.shutdown_grace,
-        }
+        })
     }
 
     /// The addresses actually bound (with real ports when `:0` was asked for).
@@ -138,7 +145,6 @@ impl Server {
             shutdown_grace,
         } = self;
         let http = Arc::new(http);
-        let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
 
@@ -153,7 +159,6 @@ impl Server {
                             peer,
                             Arc::clone(&state),
                             Arc::clone(&http),
-                            graceful.watcher(),
                         );
                         connections.spawn(task);
                     }
@@ -162,17 +167,20 @@ impl Server {
                         tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     }
                 },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                    if let Err(error) = finished {
+                        if error.is_panic() {
+                            tracing::error!(%error, "a connection task panicked");
+                        }
+                    }
+                }
             }
         }
 
         tracing::info!(open = connections.len(), "shutting down");
         drop(listeners);
         state.shutdown.cancel();
-        let drain = async {
-            graceful.shutdown().await;
-            while connections.join_next().await.is_some() {}
-        };
+        let drain = async { while connections.join_next().await.is_some() {} };
         if tokio::time::timeout(shutdown_grace, drain).await.is_err() {
             tracing::warn!(
                 left = connections.len(),
@@ -192,12 +200,11 @@ async fn serve_tcp(
     stream: TcpStream,
     peer: SocketAddr,
     state: Arc<AppState>,
-    http: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
+    http: Arc<http1::Builder>,
 ) {
     // Each boxed phase is built in its own statement: a temporary in the awaiting statement
     // would keep the unboxed future's size reserved in this task's state.
-    let http_phase = Box::pin(serve_http(stream, peer, &state, &http, watcher));
+    let http_phase = Box::pin(serve_http(stream, peer, &state, &http));
     let pending = http_phase.await;
     drop(http);
     let Some(pending) = pending else { return };
@@ -234,14 +241,20 @@ async fn take_over(
             };
             let mut joined = reservation.join();
             let welcome = std::mem::take(&mut joined.welcome);
-            let socket =
-                match connection::accept_with_welcome(upgraded, welcome, &state.limits).await {
-                    Ok(socket) => socket,
-                    Err(error) => {
-                        tracing::info!(%peer, %error, "connection lost before its welcome");
-                        return None;
-                    }
-                };
+            let socket = match connection::accept_with_welcome(
+                upgraded,
+                welcome,
+                &state.limits,
+                &state.shutdown,
+            )
+            .await
+            {
+                Ok(socket) => socket,
+                Err(error) => {
+                    tracing::info!(%peer, %error, "connection lost before its welcome");
+                    return None;
+                }
+            };
             Some(Box::new(Connection::new(
                 socket,
                 joined,
@@ -260,8 +273,7 @@ async fn serve_http(
     stream: TcpStream,
     peer: SocketAddr,
     state: &Arc<AppState>,
-    http: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+    http: &http1::Builder,
 ) -> Option<PendingUpgrade> {
     // Chat frames are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
@@ -273,9 +285,20 @@ async fn serve_http(
         })
     };
     let conn = http
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .into_owned();
-    if let Err(error) = watcher.watch(conn).await {
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let shutdown = state.shutdown.clone();
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        () = shutdown.cancelled() => {
+            // Finish the request in flight (if any), then close; a 101 already answered still
+            // hands its socket over, and the chat connection sees the shutdown at once.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = served {
         tracing::debug!(%peer, %error, "http connection ended with an error");
     }
     let pending = slot

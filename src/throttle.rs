@@ -4,10 +4,10 @@
 //! A fixed window per address is enough here: it bounds guesses per window, costs one hash
 //! lookup per handshake, and is easy to explain in `Retry-After`. IPv6 clients are keyed by
 //! their /64, since one host usually owns a whole /64 and could otherwise rotate addresses. The
-//! table is bounded; when it is full, expired windows are pruned first and then the oldest entry
-//! goes, so memory stays flat under a spray of source addresses.
+//! table is bounded: ended windows are forgotten as they expire and, when it is full, the oldest
+//! goes, each in constant time, so a spray of source addresses costs neither memory nor CPU.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,7 +20,16 @@ const MAX_TRACKED: usize = 100_000;
 pub struct Throttle {
     limit: u32,
     window: Duration,
-    windows: Mutex<HashMap<IpAddr, Window>>,
+    state: Mutex<Windows>,
+}
+
+#[derive(Default)]
+struct Windows {
+    by_address: HashMap<IpAddr, Window>,
+    /// Window starts in the order they happened. An entry is stale once its address has
+    /// started a newer window; stale entries are skipped when they reach the front. This
+    /// makes expiring and evicting the oldest window O(1), however many addresses there are.
+    starts: VecDeque<(Instant, IpAddr)>,
 }
 
 #[derive(Clone, Copy)]
@@ -35,8 +44,15 @@ impl Throttle {
         Self {
             limit,
             window,
-            windows: Mutex::new(HashMap::new()),
+            state: Mutex::new(Windows::default()),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Windows> {
+        // A map of counters: a panic elsewhere cannot leave it inconsistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// How long `peer` must still wait, if it is throttled now.
@@ -44,11 +60,8 @@ impl Throttle {
         if self.limit == 0 {
             return None;
         }
-        let windows = self
-            .windows
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let window = windows.get(&key(peer))?;
+        let state = self.lock();
+        let window = state.by_address.get(&key(peer))?;
         let ends = window.started + self.window;
         let now = Instant::now();
         (window.failures > self.limit && ends > now).then(|| ends - now)
@@ -60,33 +73,68 @@ impl Throttle {
             return;
         }
         let now = Instant::now();
-        let mut windows = self
-            .windows
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if windows.len() >= MAX_TRACKED && !windows.contains_key(&key(peer)) {
-            windows.retain(|_, window| window.started + self.window > now);
-            if windows.len() >= MAX_TRACKED {
-                let oldest = windows
-                    .iter()
-                    .min_by_key(|(_, w)| w.started)
-                    .map(|(ip, _)| *ip);
-                if let Some(oldest) = oldest {
-                    windows.remove(&oldest);
+        let address = key(peer);
+        let mut state = self.lock();
+        state.forget_expired(now, self.window);
+        let current = state
+            .by_address
+            .get(&address)
+            .filter(|window| window.started + self.window > now)
+            .copied();
+        let window = match current {
+            Some(window) => window,
+            None => {
+                if state.by_address.len() >= MAX_TRACKED && !state.by_address.contains_key(&address)
+                {
+                    state.forget_oldest();
+                }
+                state.starts.push_back((now, address));
+                Window {
+                    started: now,
+                    failures: 0,
                 }
             }
+        };
+        state.by_address.insert(
+            address,
+            Window {
+                failures: window.failures.saturating_add(1),
+                ..window
+            },
+        );
+    }
+}
+
+impl Windows {
+    /// Drops every window that has ended.
+    fn forget_expired(&mut self, now: Instant, length: Duration) {
+        while let Some(&(started, address)) = self.starts.front() {
+            if started + length > now {
+                break;
+            }
+            self.starts.pop_front();
+            if self
+                .by_address
+                .get(&address)
+                .is_some_and(|w| w.started == started)
+            {
+                self.by_address.remove(&address);
+            }
         }
-        let window = windows.entry(key(peer)).or_insert(Window {
-            started: now,
-            failures: 0,
-        });
-        if window.started + self.window <= now {
-            *window = Window {
-                started: now,
-                failures: 0,
-            };
+    }
+
+    /// Drops the oldest live window, to make room.
+    fn forget_oldest(&mut self) {
+        while let Some((started, address)) = self.starts.pop_front() {
+            if self
+                .by_address
+                .get(&address)
+                .is_some_and(|w| w.started == started)
+            {
+                self.by_address.remove(&address);
+                return;
+            }
         }
-        window.failures = window.failures.saturating_add(1);
     }
 }
 
@@ -145,6 +193,24 @@ mod tests {
         throttle.record_failure(ip("2001:db8::2"));
         assert!(throttle.blocked_for(ip("2001:db8::ffff")).is_some());
         assert!(throttle.blocked_for(ip("2001:db8:0:1::1")).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ended_windows_are_forgotten_and_a_full_table_drops_its_oldest() {
+        let throttle = Throttle::new(1, Duration::from_secs(10));
+        throttle.record_failure(ip("192.0.2.1"));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        throttle.record_failure(ip("192.0.2.2"));
+        assert_eq!(
+            throttle.lock().by_address.len(),
+            1,
+            "the ended window was dropped"
+        );
+
+        for n in 0..MAX_TRACKED as u32 + 5 {
+            throttle.record_failure(IpAddr::from(n.to_be_bytes()));
+        }
+        assert_eq!(throttle.lock().by_address.len(), MAX_TRACKED);
     }
 
     #[test]

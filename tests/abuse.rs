@@ -162,3 +162,38 @@ async fn disconnect_reasons_are_counted() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn a_request_refused_for_capacity_does_not_evict_an_idle_room() {
+    let server = TestServer::start_with(|config| {
+        config.max_rooms = 2;
+        config.max_connections = 1;
+    })
+    .await;
+    let mut first = server.client().room("kept").connect_ok().await;
+    first.say("remember me").await;
+    first.recv_message().await;
+    first.close().await;
+    let holder = server.client().room("busy").connect_ok().await;
+
+    let refused = server.client().room("new").connect_rejected().await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(
+        server.room_count(),
+        2,
+        "no room was created for the refused request"
+    );
+
+    holder.close().await;
+    server
+        .wait_for_metrics("the holder to be gone", |text| {
+            text.contains("wschat_connections 0")
+        })
+        .await;
+    let back = server.client().room("kept").connect_ok().await;
+    assert_eq!(
+        back.welcome().history.len(),
+        1,
+        "the idle room kept its history"
+    );
+}

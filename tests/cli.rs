@@ -208,6 +208,9 @@ async fn environment_variables_configure_and_flags_win() {
 #[case::empty_token(&["--token", ""], "empty")]
 #[case::zero_connections(&["--max-connections", "0"], "--max-connections")]
 #[case::bad_auth_mode(&["--auth-failure", "maybe"], "--auth-failure")]
+#[case::huge_connection_limit(&["--max-connections", "18446744073709551615"], "--max-connections")]
+#[case::huge_duration(&["--idle-timeout", "500000000000y"], "--idle-timeout")]
+#[case::two_token_flags(&["--token", "a", "--token-file", "/tmp/x"], "--token-file")]
 #[tokio::test]
 async fn bad_configuration_exits_2_with_one_line(#[case] args: &[&str], #[case] named: &str) {
     let child = wschat(args).spawn().expect("spawn");
@@ -231,6 +234,40 @@ async fn token_file_supplies_the_secret() {
     .await;
     ClientBuilder::new(addr)
         .token("file-secret")
+        .connect_ok()
+        .await
+        .close()
+        .await;
+    terminate(&child);
+    let (status, _) = exit_of(child).await;
+    std::fs::remove_file(&path).ok();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_token_file_flag_wins_over_the_token_variable() {
+    let path = std::env::temp_dir().join(format!("wschat-cli-flag-{}", std::process::id()));
+    std::fs::write(&path, "file-wins\n").expect("write token file");
+    let mut command = wschat(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--token-file",
+        path.to_str().unwrap(),
+    ]);
+    command.env("WSCHAT_TOKEN", "from-env");
+    let mut child = command.spawn().expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr: SocketAddr = line
+        .trim_start_matches("wschat listening on ws://")
+        .parse()
+        .unwrap();
+    ClientBuilder::new(addr)
+        .token("file-wins")
         .connect_ok()
         .await
         .close()

@@ -121,6 +121,74 @@ async fn a_half_sent_request_is_dropped_after_the_handshake_timeout() {
         .ok();
 }
 
+#[rstest]
+#[case::sends_nothing(b"")]
+#[case::http2_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")]
+#[tokio::test]
+async fn a_connection_without_an_http1_request_is_dropped(#[case] sent: &[u8]) {
+    let server = TestServer::start_with(|config| {
+        config.handshake_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    stream.write_all(sent).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection")
+        .ok();
+    // No HTTP/2 is spoken: whatever came back is not a SETTINGS frame.
+    assert!(!answer.starts_with(&[0, 0]), "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_pipelining_sender_does_not_get_reading_members_dropped() {
+    use futures_util::{SinkExt, StreamExt};
+    const MESSAGES: usize = 3000; // well past the default queue of 1024 events
+    let server = TestServer::start_with(|config| config.rate_limit = 0).await;
+    let mut reader = server.client().name("reader").connect_ok().await;
+    let url = format!("{}?token={}&name=sender", server.ws_url(), server.token());
+    let (socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("sender connects");
+    let (mut sink, mut stream) = socket.split();
+    // The sender reads its own copies in the background, like a real client would.
+    let draining = tokio::spawn(async move {
+        let mut messages = 0;
+        while messages < MESSAGES {
+            match stream.next().await {
+                Some(Ok(Message::Text(text))) if text.starts_with(r#"{"type":"message""#) => {
+                    messages += 1
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        messages
+    });
+    // Every frame goes out in one write: the server finds them all buffered at once.
+    for n in 0..MESSAGES {
+        sink.feed(Message::text(format!("m{n}")))
+            .await
+            .expect("feed");
+    }
+    sink.flush().await.expect("flush");
+    let mut next = 0;
+    while next < MESSAGES {
+        match reader.recv().await {
+            ServerEvent::Message(message) => {
+                assert_eq!(message.text, format!("m{next}"));
+                next += 1;
+            }
+            ServerEvent::Join { .. } => {}
+            other => panic!("reader got {other:?} after {next} messages"),
+        }
+    }
+    assert_eq!(draining.await.expect("sender task"), MESSAGES);
+}
+
 #[tokio::test]
 async fn a_client_that_does_not_read_is_closed_1013_while_the_others_get_everything() {
     const MESSAGES: usize = 3000;

@@ -286,7 +286,7 @@ impl HttpResponse {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum TokenPlacement {
     None,
     Query(String),
@@ -294,7 +294,7 @@ enum TokenPlacement {
 }
 
 /// Builds a connection attempt. Start from [`TestServer::client`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     addr: SocketAddr,
     token: TokenPlacement,
@@ -304,6 +304,18 @@ pub struct ClientBuilder {
     headers: Vec<(String, String)>,
     timeout: Duration,
     source_ip: Option<IpAddr>,
+}
+
+impl fmt::Debug for ClientBuilder {
+    /// Everything but the token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url_for_messages())
+            .field("room", &self.room)
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientBuilder {
@@ -500,12 +512,22 @@ impl ClientBuilder {
         }
     }
 
-    /// The URL, shortened for messages (a test may use a 64 KiB token).
+    /// The URL for failure messages: the token value replaced by `REDACTED` (a downstream test
+    /// against a real server must not leak it into CI logs) and shortened (a test may use a
+    /// 64 KiB token).
     fn url_for_messages(&self) -> String {
         let url = self.url();
-        match url.char_indices().nth(MAX_URL_IN_MESSAGES) {
-            Some((cut, _)) => format!("{}…", &url[..cut]),
-            None => url,
+        let shown = match url.parse::<http::Uri>() {
+            Ok(uri) => format!(
+                "ws://{}{}",
+                self.addr,
+                wschat::handshake::RedactedTarget(&uri)
+            ),
+            Err(_) => format!("ws://{}/?…", self.addr),
+        };
+        match shown.char_indices().nth(MAX_URL_IN_MESSAGES) {
+            Some((cut, _)) => format!("{}…", &shown[..cut]),
+            None => shown,
         }
     }
 
@@ -654,12 +676,13 @@ impl Client {
         }
     }
 
-    /// The next `error` event's code, skipping `join` and `leave`.
+    /// The next `error` event's code, skipping any `message`, `join` and `leave` before it
+    /// (an error answers this client's own frame, while room events keep flowing).
     pub async fn recv_error(&mut self) -> ErrorCode {
         loop {
             match self.recv().await {
                 ServerEvent::Error { code, .. } => return code,
-                ServerEvent::Join { .. } | ServerEvent::Leave { .. } => continue,
+                ServerEvent::Message(_) | ServerEvent::Join { .. } | ServerEvent::Leave { .. } => {}
                 other => panic!("expected an error event, got {other:?}"),
             }
         }
@@ -754,4 +777,24 @@ async fn within<T>(
     timeout(period, future)
         .await
         .unwrap_or_else(|_| panic!("timed out after {period:?} waiting for {waiting_for}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_messages_and_debug_never_show_the_token() {
+        let builder = ClientBuilder::new(SocketAddr::from(([127, 0, 0, 1], 9)))
+            .token("very-secret")
+            .name("n");
+        assert!(
+            builder.url().contains("very-secret"),
+            "the real URL carries it"
+        );
+        let shown = builder.url_for_messages();
+        assert!(!shown.contains("very-secret"), "{shown}");
+        assert!(shown.contains("token=REDACTED"), "{shown}");
+        assert!(!format!("{builder:?}").contains("very-secret"));
+    }
 }
