@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::hub::{Joined, Membership, NotAMember};
+use crate::hub::{Backlog, Joined, Membership, NotAMember};
 use crate::metrics::Metrics;
 use crate::protocol::{parse_client_frame, ClientFrame, ErrorCode, ServerEvent};
 use crate::queue::{EventQueue, Kick, Next};
@@ -222,6 +222,14 @@ impl Keepalive {
     }
 }
 
+/// What became of one text frame from the client.
+enum Reply {
+    /// Posted to the room.
+    Posted(Backlog),
+    /// Refused; this `error` event goes back to the client.
+    Error(Message),
+}
+
 /// A token bucket: `rate` tokens per second, at most `burst` saved up.
 struct RateLimiter {
     rate: f64,
@@ -383,32 +391,33 @@ impl Connection {
                     }
                     refused_in_a_row = 0;
                     match self.handle_text(text.as_str()) {
-                        Ok(None) => {}
-                        Ok(Some(error)) => if let Err(ending) = self.write(Some(error)).await {
+                        // Frames already buffered would otherwise be read and posted without a
+                        // pause. Once some member's queue is half full, yielding lets the
+                        // members catch up first, so a client pipelining thousands of frames
+                        // cannot fill everyone's queue in one turn; below that, posting on
+                        // lets every member take a large batch per write.
+                        Ok(Reply::Posted(Backlog(true))) => tokio::task::yield_now().await,
+                        Ok(Reply::Posted(Backlog(false))) => {}
+                        Ok(Reply::Error(error)) => if let Err(ending) = self.write(Some(error)).await {
                             return ending;
                         },
                         Err(NotAMember) => return Ending::SlowConsumer,
                     }
-                    // Frames already buffered would otherwise be read and posted without a
-                    // pause; yielding lets the members this message woke take it first, so
-                    // one fast sender cannot fill everyone's queue in a single turn.
-                    tokio::task::yield_now().await;
                 }
             }
         }
     }
 
-    /// Acts on one text frame; returns the `error` event to send back, if any.
-    fn handle_text(&self, text: &str) -> Result<Option<Message>, NotAMember> {
+    /// Acts on one text frame.
+    fn handle_text(&self, text: &str) -> Result<Reply, NotAMember> {
         Ok(match parse_client_frame(text) {
             ClientFrame::Say(text) if text.trim().is_empty() => {
-                Some(error_event(ErrorCode::EmptyMessage, "message is empty"))
+                Reply::Error(error_event(ErrorCode::EmptyMessage, "message is empty"))
             }
-            ClientFrame::Say(text) => {
-                self.membership.say(text)?;
-                None
+            ClientFrame::Say(text) => Reply::Posted(self.membership.say(text)?),
+            ClientFrame::BadRequest(reason) => {
+                Reply::Error(error_event(ErrorCode::BadRequest, &reason))
             }
-            ClientFrame::BadRequest(reason) => Some(error_event(ErrorCode::BadRequest, &reason)),
         })
     }
 

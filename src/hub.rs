@@ -208,12 +208,16 @@ impl RoomState {
     /// Queues `event` for every member; returns how many got it. Members whose queue is full
     /// are removed, told to close, and announced as having left; that is repeated until no
     /// announcement overflows another queue.
-    fn broadcast(&mut self, room: &str, event: Utf8Bytes) -> u64 {
+    fn broadcast(&mut self, room: &str, event: Utf8Bytes) -> Broadcast {
         let mut delivered = 0;
+        let mut backlog = false;
         let mut overflowed = Vec::new();
         for member in &self.members {
             match member.events.try_push(event.clone()) {
-                Ok(()) => delivered += 1,
+                Ok(waiting) => {
+                    delivered += 1;
+                    backlog |= member.events.is_half_full(waiting);
+                }
                 Err(Full) => overflowed.push(member.connection),
             }
         }
@@ -234,7 +238,7 @@ impl RoomState {
                 }
             }
         }
-        delivered
+        Broadcast { delivered, backlog }
     }
 }
 
@@ -342,7 +346,7 @@ impl Membership {
     ///
     /// Fails if the hub has already removed this member (as a slow consumer): frames it sent
     /// before it noticed are not posted, and its name, now free, cannot be spoken for.
-    pub fn say(&self, text: String) -> Result<(), NotAMember> {
+    pub fn say(&self, text: String) -> Result<Backlog, NotAMember> {
         let metrics = &self.hub.inner.metrics;
         metrics.message_received();
         let mut state = lock(&self.room.state);
@@ -370,12 +374,24 @@ impl Membership {
             state.history.push_back(message.clone());
         }
         let frame = encode(&ServerEvent::Message(message));
-        let delivered = state.broadcast(&self.room.name, frame);
+        let Broadcast { delivered, backlog } = state.broadcast(&self.room.name, frame);
         drop(state);
         metrics.messages_delivered(delivered);
-        Ok(())
+        Ok(Backlog(backlog))
     }
 }
+
+/// What a broadcast did: how many members got the event, and whether some member's queue is
+/// now at least half full.
+struct Broadcast {
+    delivered: u64,
+    backlog: bool,
+}
+
+/// Whether some member's queue is at least half full after a post: the poster should let the
+/// members catch up before it posts more (see `Connection::serve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog(pub bool);
 
 /// The hub had already removed the member that tried to post.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

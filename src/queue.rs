@@ -91,20 +91,27 @@ pub struct EventSender {
 pub struct Full;
 
 impl EventSender {
-    /// Queues `event` unless `capacity` events are already waiting.
-    pub fn try_push(&self, event: Utf8Bytes) -> Result<(), Full> {
+    /// Queues `event` unless `capacity` events are already waiting. Returns how many are
+    /// waiting now, so the hub can tell a queue that is filling up.
+    pub fn try_push(&self, event: Utf8Bytes) -> Result<usize, Full> {
         let mut state = self.shared.lock();
         if state.events.len() >= self.shared.capacity {
             return Err(Full);
         }
         let was_empty = state.events.is_empty();
         state.events.push_back(event);
+        let waiting = state.events.len();
         drop(state);
         // A non-empty queue has already woken the connection, which has not drained it yet.
         if was_empty {
             self.shared.waker.wake();
         }
-        Ok(())
+        Ok(waiting)
+    }
+
+    /// Whether `waiting` events fill at least half of this queue.
+    pub fn is_half_full(&self, waiting: usize) -> bool {
+        waiting * 2 >= self.shared.capacity
     }
 
     /// Tells the connection it was removed from the room.
@@ -207,6 +214,7 @@ mod tests {
         sender.try_push(event("1")).unwrap();
         sender.try_push(event("2")).unwrap();
         assert_eq!(sender.try_push(event("3")), Err(Full));
+        assert!(sender.is_half_full(1));
     }
 
     #[tokio::test]
