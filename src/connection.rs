@@ -18,9 +18,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, timeout, Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -35,9 +34,10 @@ use crate::hub::{Backlog, Joined, Membership, NotAMember};
 use crate::metrics::Metrics;
 use crate::protocol::{parse_client_frame, ClientFrame, ErrorCode, ServerEvent};
 use crate::queue::{EventQueue, Kick, Next};
+use crate::stream::TakenOver;
 
 /// The WebSocket as this server sees it.
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub type Socket = WebSocketStream<TcpStream>;
 
 /// Read buffer per connection, and the most read from the socket at once. Chat frames are
 /// small (a typical line of chat is well under 512 bytes), and this buffer is most of what an
@@ -82,16 +82,21 @@ impl ConnectionLimits {
     }
 }
 
-/// Wraps an upgraded stream as the server side of a WebSocket.
-pub async fn accept_socket(upgraded: Upgraded, limits: &ConnectionLimits) -> Socket {
-    accept_io(TokioIo::new(upgraded), limits).await
+/// Wraps a taken-over stream, whose held `101` has been sent, as the server side of a WebSocket.
+pub async fn accept_socket(taken: TakenOver, limits: &ConnectionLimits) -> Socket {
+    debug_assert!(taken.unsent.is_empty(), "the 101 must be sent first");
+    let config = Some(limits.websocket_config());
+    if taken.read_ahead.is_empty() {
+        WebSocketStream::from_raw_socket(taken.tcp, Role::Server, config).await
+    } else {
+        // A client may send its first frames without waiting for the 101.
+        let early = taken.read_ahead.to_vec();
+        WebSocketStream::from_partially_read(taken.tcp, early, Role::Server, config).await
+    }
 }
 
-async fn accept_io(io: TokioIo<Upgraded>, limits: &ConnectionLimits) -> Socket {
-    WebSocketStream::from_raw_socket(io, Role::Server, Some(limits.websocket_config())).await
-}
-
-/// Sends `welcome` as the first frame, then wraps the stream as a WebSocket.
+/// Sends the held `101` and `welcome` as the first frame in one write, then wraps the stream
+/// as a WebSocket.
 ///
 /// The welcome is written straight to the socket, before tungstenite takes over: it can be the
 /// largest frame a connection ever gets (every member and up to `--history` messages), and
@@ -99,26 +104,26 @@ async fn accept_io(io: TokioIo<Upgraded>, limits: &ConnectionLimits) -> Socket {
 /// client that does not take its welcome within the idle timeout, or before the server starts
 /// shutting down, is dropped.
 pub async fn accept_with_welcome(
-    upgraded: Upgraded,
+    mut taken: TakenOver,
     welcome: Utf8Bytes,
     limits: &ConnectionLimits,
     shutdown: &CancellationToken,
 ) -> io::Result<Socket> {
     let frame = Frame::message(Bytes::from(welcome), OpCode::Data(Data::Text), true);
-    let mut encoded = Vec::with_capacity(frame.len());
+    let mut first_write = std::mem::take(&mut taken.unsent);
+    first_write.reserve(frame.len());
     frame
-        .format(&mut encoded)
+        .format(&mut first_write)
         .map_err(|error| io::Error::other(error.to_string()))?;
-    let mut io = TokioIo::new(upgraded);
     tokio::select! {
-        written = timeout(limits.idle_timeout, io.write_all(&encoded)) => written
+        written = timeout(limits.idle_timeout, taken.tcp.write_all(&first_write)) => written
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "welcome not taken in time"))??,
         () = shutdown.cancelled() => {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "server shutting down"));
         }
     }
-    drop(encoded);
-    Ok(accept_io(io, limits).await)
+    drop(first_write);
+    Ok(accept_socket(taken, limits).await)
 }
 
 /// Why a connection ended; decides the close frame and the log line.

@@ -25,6 +25,7 @@ use crate::connection::ConnectionLimits;
 use crate::handshake::{self, Decision, Policy, Rejection};
 use crate::hub::{Hub, Reservation};
 use crate::metrics::{self, Metrics};
+use crate::stream::HoldSwitch;
 use crate::throttle::Throttle;
 
 /// The chat client served at `/` to browsers: one self-contained HTML file with its CSS and
@@ -86,14 +87,45 @@ pub enum PendingUpgrade {
 }
 
 /// Where the service leaves a pending upgrade for the connection task.
-pub type UpgradeSlot = Arc<Mutex<Option<PendingUpgrade>>>;
+#[derive(Default)]
+pub struct UpgradeSlot {
+    pending: Mutex<Option<PendingUpgrade>>,
+    hold: HoldSwitch,
+}
+
+impl UpgradeSlot {
+    /// A slot that engages `hold` when it is filled, so the connection's stream keeps the `101`
+    /// to send with the first frame.
+    pub fn new(hold: HoldSwitch) -> Self {
+        Self {
+            pending: Mutex::new(None),
+            hold,
+        }
+    }
+
+    fn fill(&self, pending: PendingUpgrade) {
+        *self.lock() = Some(pending);
+        self.hold.engage();
+    }
+
+    /// The pending upgrade, if the service answered `101`.
+    pub fn take(&self) -> Option<PendingUpgrade> {
+        self.lock().take()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<PendingUpgrade>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// Answers one HTTP request on a connection from `peer`.
 pub async fn handle(
     request: Request<Incoming>,
     state: Arc<AppState>,
     peer: SocketAddr,
-    slot: UpgradeSlot,
+    slot: Arc<UpgradeSlot>,
 ) -> Result<Response<Body>, Infallible> {
     let method = request.method();
     if method != Method::GET && method != Method::HEAD {
@@ -183,7 +215,7 @@ fn upgrade(
             )
         }
     };
-    *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(pending);
+    slot.fill(pending);
     let mut response = Response::new(Body::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();

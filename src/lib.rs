@@ -3,7 +3,7 @@
 //!
 //! The library holds everything; the `wschat` binary only parses the configuration, starts a
 //! [`Server`] and waits for a signal. A request's path through the code, top to bottom:
-//! [`server`] (accept) → [`http`] (route) → [`handshake`] (admit or reject) → [`hub`] (join a
+//! [`server`] (accept) → [`stream`] (the socket under hyper) → [`http`] (route) → [`handshake`] (admit or reject) → [`hub`] (join a
 //! room) → [`connection`] (the chat) → [`protocol`] (the frames).
 //!
 //! ```no_run
@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod queue;
 pub mod server;
+pub mod stream;
 pub mod throttle;
 
 pub use config::{AuthFailureMode, Cli, Config, ConfigError, LogFormat, Token, DEVELOPMENT_TOKEN};

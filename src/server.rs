@@ -16,12 +16,13 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::future::select_all;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -34,6 +35,7 @@ use crate::handshake::Policy;
 use crate::http::{self as routes, AppState, PendingUpgrade, UpgradeSlot};
 use crate::hub::{Hub, HubLimits};
 use crate::metrics::Metrics;
+use crate::stream::{HoldSwitch, HttpStream, TakenOver};
 use crate::throttle::Throttle;
 
 /// Pause after a failed `accept` (typically out of file descriptors) so the loop does not spin
@@ -148,11 +150,12 @@ impl Server {
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
 
+        let mut first_listener = 0;
         loop {
-            let accept = select_all(listeners.iter().map(|listener| Box::pin(listener.accept())));
+            let accept = std::future::poll_fn(|cx| accept_any(&listeners, &mut first_listener, cx));
             tokio::select! {
                 () = &mut shutdown => break,
-                (accepted, _, _) = accept => match accepted {
+                accepted = accept => match accepted {
                     Ok((stream, peer)) => {
                         let task = serve_tcp(
                             stream,
@@ -191,6 +194,24 @@ impl Server {
     }
 }
 
+/// Accepts from whichever listener has a connection waiting, starting after the one that
+/// accepted last so a busy listener cannot starve the others. Polled in place each time round
+/// the accept loop, with nothing allocated per connection.
+fn accept_any(
+    listeners: &[TcpListener],
+    first: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
+    for offset in 0..listeners.len() {
+        let index = (*first + offset) % listeners.len();
+        if let Poll::Ready(accepted) = listeners[index].poll_accept(cx) {
+            *first = index + 1;
+            return Poll::Ready(accepted);
+        }
+    }
+    Poll::Pending
+}
+
 /// One TCP connection: HTTP until hyper hands over an upgraded socket, then the chat.
 ///
 /// The HTTP phase and the upgrade are boxed, so their state (hyper's connection alone is about
@@ -224,10 +245,12 @@ async fn take_over(
 ) -> Option<Box<Connection>> {
     match pending {
         PendingUpgrade::Refuse { upgrade, reason } => {
-            if let Ok(upgraded) = upgrade.await {
-                let socket = connection::accept_socket(upgraded, &state.limits).await;
-                connection::close_immediately(socket, reason).await;
-            }
+            let mut taken = taken_over(upgrade.await, peer)?;
+            // Close mode is rare and not worth coalescing: the 101 goes first, then tungstenite
+            // runs the close handshake.
+            taken.send_unsent().await.ok()?;
+            let socket = connection::accept_socket(taken, &state.limits).await;
+            connection::close_immediately(socket, reason).await;
             None
         }
         PendingUpgrade::Chat {
@@ -235,14 +258,11 @@ async fn take_over(
             reservation,
             permit,
         } => {
-            let Ok(upgraded) = upgrade.await else {
-                tracing::debug!(%peer, "upgrade did not complete");
-                return None;
-            };
+            let taken = taken_over(upgrade.await, peer)?;
             let mut joined = reservation.join();
             let welcome = std::mem::take(&mut joined.welcome);
             let socket = match connection::accept_with_welcome(
-                upgraded,
+                taken,
                 welcome,
                 &state.limits,
                 &state.shutdown,
@@ -268,6 +288,23 @@ async fn take_over(
     }
 }
 
+/// The TCP stream of a completed upgrade, out of hyper's hands.
+fn taken_over(upgraded: hyper::Result<Upgraded>, peer: SocketAddr) -> Option<TakenOver> {
+    let upgraded = match upgraded {
+        Ok(upgraded) => upgraded,
+        Err(error) => {
+            tracing::debug!(%peer, %error, "upgrade did not complete");
+            return None;
+        }
+    };
+    let taken = TakenOver::from_upgraded(upgraded);
+    if taken.is_none() {
+        // Every connection is served over an `HttpStream`, so this is a bug, not a client.
+        tracing::error!(%peer, "upgraded connection is not an HttpStream; dropped");
+    }
+    taken
+}
+
 /// Serves HTTP on the connection until it ends or is upgraded; returns the pending upgrade.
 async fn serve_http(
     stream: TcpStream,
@@ -277,7 +314,8 @@ async fn serve_http(
 ) -> Option<PendingUpgrade> {
     // Chat frames are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
-    let slot: UpgradeSlot = Arc::new(Mutex::new(None));
+    let hold = HoldSwitch::default();
+    let slot = Arc::new(UpgradeSlot::new(hold.clone()));
     let service = {
         let (state, slot) = (Arc::clone(state), Arc::clone(&slot));
         service_fn(move |request| {
@@ -285,7 +323,7 @@ async fn serve_http(
         })
     };
     let conn = http
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(HttpStream::new(stream, hold)), service)
         .with_upgrades();
     tokio::pin!(conn);
     let shutdown = state.shutdown.clone();
@@ -301,9 +339,5 @@ async fn serve_http(
     if let Err(error) = served {
         tracing::debug!(%peer, %error, "http connection ended with an error");
     }
-    let pending = slot
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take();
-    pending
+    slot.take()
 }

@@ -2,6 +2,9 @@
 //! room, isolation between rooms, bounded history, join/leave, and the client command forms.
 
 use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use rstest::rstest;
 use wschat_testkit::{ChatMessage, ErrorCode, ServerEvent, TestServer};
@@ -200,4 +203,71 @@ async fn bad_commands_get_an_error_and_the_connection_stays_open(
     sender.say("after").await;
     let message = witness.recv_message().await;
     assert_eq!((message.text.as_str(), message.id), ("after", 1));
+}
+
+/// A client may send frames right behind its request, without waiting for the `101`; hyper
+/// has then already read them, and they must reach the chat rather than be lost.
+#[tokio::test]
+async fn a_frame_sent_with_the_upgrade_request_is_posted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
+
+    let server = TestServer::start().await;
+    let mut request = format!(
+        "GET /?token={}&name=eager HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        server.token(),
+        server.addr(),
+    )
+    .into_bytes();
+    // A masked text frame "early" (mask 1, 2, 3, 4).
+    let mask = [1u8, 2, 3, 4];
+    request.extend_from_slice(&[0x81, 0x80 | 5]);
+    request.extend_from_slice(&mask);
+    request.extend(b"early".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+
+    let mut tcp = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    tcp.write_all(&request)
+        .await
+        .expect("send request and frame");
+    let mut received = Vec::new();
+    let head_end = loop {
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut chunk = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk))
+            .await
+            .expect("response head in time")
+            .expect("read");
+        assert_ne!(read, 0, "connection closed before the response head");
+        received.extend_from_slice(&chunk[..read]);
+    };
+    let head = String::from_utf8_lossy(&received[..head_end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "got {head:?}");
+
+    let rest = received[head_end..].to_vec();
+    let mut socket = WebSocketStream::from_partially_read(tcp, rest, Role::Client, None).await;
+    let mut next_event = async || {
+        let frame = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("event in time")
+            .expect("socket open")
+            .expect("frame");
+        serde_json::from_str::<ServerEvent>(frame.to_text().expect("text")).expect("event")
+    };
+    assert!(matches!(next_event().await, ServerEvent::Welcome { .. }));
+    match next_event().await {
+        ServerEvent::Message(message) => {
+            assert_eq!(
+                (message.user.as_str(), message.text.as_str()),
+                ("eager", "early")
+            );
+        }
+        other => panic!("expected the early message, got {other:?}"),
+    }
 }
