@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use wschat::config::default_listeners;
-use wschat::{Cli, Config, LogFormat, Server};
+use wschat::{logs, Cli, Config, LogFormat, Server};
 
 /// Exit code for configuration the server refuses (SPEC §2).
 const EXIT_BAD_CONFIG: u8 = 2;
@@ -40,7 +40,11 @@ fn main() -> ExitCode {
         }
     };
     init_logging(log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(logs::flush)
+        .build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("wschat: cannot start the async runtime: {error}");
@@ -50,7 +54,9 @@ fn main() -> ExitCode {
     // The server runs as a task on the worker threads rather than on this thread inside
     // `block_on`: an accept loop on the main thread would hand every new connection to a
     // worker with a cross-thread wake-up, which costs more than the handshake itself.
-    match runtime.block_on(async { tokio::spawn(serve(config)).await }) {
+    let served = runtime.block_on(async { tokio::spawn(serve(config)).await });
+    logs::flush();
+    match served {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(error)) => {
             eprintln!("wschat: {error}");
@@ -108,7 +114,8 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(io::stderr().is_terminal())
-        .with_writer(io::stderr);
+        .with_writer(logs::BatchedStderr);
+    logs::flush_before_panic_messages();
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

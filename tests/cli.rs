@@ -119,6 +119,29 @@ async fn logs_never_contain_the_token() {
     );
 }
 
+/// Log lines are batched (src/logs.rs), but an idle server must still write each one as it
+/// happens, not only on its way out.
+#[tokio::test]
+async fn a_log_line_is_written_while_the_server_runs() {
+    let (mut child, addr) = start(&["--listen", "127.0.0.1:0", "--token", "live-secret"]).await;
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    let rejected = ClientBuilder::new(addr).no_token().connect_rejected().await;
+    assert_eq!(rejected.status, 401);
+    let line = tokio::time::timeout(WAIT, async {
+        while let Some(line) = stderr.next_line().await.expect("readable stderr") {
+            if line.contains("handshake rejected") {
+                return line;
+            }
+        }
+        panic!("stderr closed before the rejection was logged");
+    })
+    .await
+    .expect("the rejection is logged while the server runs");
+    assert!(line.contains("missing_token"), "{line}");
+    terminate(&child);
+    assert_eq!(exit_of(child).await.0.code(), Some(0));
+}
+
 #[tokio::test]
 async fn json_logs_are_one_object_per_line() {
     let (child, addr) = start(&[
