@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, timeout, Instant, Sleep};
@@ -51,6 +51,12 @@ const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 /// How long a server-initiated close waits for the client's answering close frame (outside
 /// shutdown, which uses the configured grace period).
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The most a closing connection reads and discards after its input became unparsable.
+const LINGER_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Read size while discarding; allocated only for the connection that lingers.
+const LINGER_READ_BYTES: usize = 16 * 1024;
 
 /// The close reason of SPEC §6 for a server shutdown.
 const SHUTDOWN_REASON: &str = "server shutting down";
@@ -155,6 +161,12 @@ impl Ending {
             Ending::ProtocolError => Some((CloseCode::Protocol, "protocol error")),
             Ending::Flooding => Some((CloseCode::Policy, "rate limit exceeded")),
         }
+    }
+
+    /// Whether the client's bytes can no longer be parsed as frames: the rest of an oversized
+    /// frame may still be arriving, or framing itself was broken.
+    fn leaves_unparsable_input(&self) -> bool {
+        matches!(self, Ending::TooBig | Ending::ProtocolError)
     }
 
     fn label(&self) -> &'static str {
@@ -323,8 +335,9 @@ impl Connection {
             );
             let ending = self.serve().await;
             let close = ending.close_frame();
+            let desynced = ending.leaves_unparsable_input();
             // Boxed like `write`: the close handshake's state is only needed at the very end.
-            Box::pin(self.finish(close)).await;
+            Box::pin(self.finish(close, !desynced)).await;
             let code = match (&ending, close) {
                 (Ending::ClientClosed(code), _) => *code,
                 (_, Some((code, _))) => Some(u16::from(code)),
@@ -339,7 +352,19 @@ impl Connection {
                 "connection closed"
             );
             self.metrics.connection_closed(ending.label());
-            // Dropping `self` drops the membership: the room hears `leave`.
+            if desynced {
+                // The member leaves now; the socket (and its capacity slot) only once the
+                // client has stopped sending.
+                let Connection {
+                    socket,
+                    _capacity_permit,
+                    membership,
+                    ..
+                } = *self;
+                drop(membership);
+                Box::pin(linger(socket)).await;
+            }
+            // Otherwise dropping `self` drops the membership: the room hears `leave`.
         }
     }
 
@@ -482,7 +507,7 @@ impl Connection {
 
     /// Sends our close frame (if we are the one closing) and waits, bounded, for the close
     /// handshake to complete so the client sees a clean close rather than a reset.
-    async fn finish(&mut self, close: Option<(CloseCode, &'static str)>) {
+    async fn finish(&mut self, close: Option<(CloseCode, &'static str)>, await_reply: bool) {
         let Some((code, reason)) = close else {
             // The client closed (or vanished): tungstenite has queued the answering close
             // frame, and sending it completes the handshake. Nothing more will be read.
@@ -500,7 +525,7 @@ impl Connection {
                 code,
                 reason: reason.into(),
             };
-            if socket.close(Some(frame)).await.is_err() {
+            if socket.close(Some(frame)).await.is_err() || !await_reply {
                 return;
             }
             // Read until the client's answering close frame ends the stream.
@@ -508,6 +533,31 @@ impl Connection {
         };
         let _ = timeout(wait, handshake).await;
     }
+}
+
+/// Closes a connection whose input can no longer be parsed, after its close frame was sent.
+///
+/// Closing a socket that still has unread input makes the kernel answer with a reset, and a
+/// client still writing (say, the rest of a frame over the size limit) then sees "connection
+/// reset" instead of the close frame waiting for it. So the server half-closes, which also tells
+/// the client the close handshake is over, and reads and discards until the client closes, for
+/// at most `CLOSE_HANDSHAKE_TIMEOUT` and `LINGER_MAX_BYTES`.
+async fn linger(mut socket: Socket) {
+    let tcp = socket.get_mut();
+    if tcp.shutdown().await.is_err() {
+        return;
+    }
+    let mut discard = vec![0; LINGER_READ_BYTES];
+    let drain = async {
+        let mut total = 0;
+        while total < LINGER_MAX_BYTES {
+            match tcp.read(&mut discard).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => total += read,
+            }
+        }
+    };
+    let _ = timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
 }
 
 fn ending_for(error: WsError) -> Ending {

@@ -11,6 +11,7 @@ use wschat_testkit::{ErrorCode, ServerEvent, TestServer};
 
 #[rstest]
 #[case::text_over_the_limit(Message::text("x".repeat(1025)), 1009)]
+#[case::text_far_over_the_limit(Message::text("x".repeat(16 << 20)), 1009)]
 #[case::binary_frame(Message::binary(vec![1, 2, 3]), 1003)]
 #[case::invalid_utf8(
     Message::Frame(Frame::message(Bytes::from_static(&[0x68, 0xff, 0xfe]), OpCode::Data(Data::Text), true)),
