@@ -24,6 +24,7 @@ pub mod connection;
 pub mod handshake;
 pub mod http;
 pub mod hub;
+pub mod log_format;
 pub mod logs;
 pub mod metrics;
 pub mod protocol;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use wschat::config::default_listeners;
+use wschat::log_format::TextFormat;
 use wschat::{logs, Cli, Config, LogFormat, Server};
 
 /// Exit code for configuration the server refuses (SPEC §2).
@@ -117,7 +118,7 @@ fn init_logging(format: LogFormat) {
         .with_writer(logs::BatchedStderr);
     logs::flush_before_panic_messages();
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.event_format(TextFormat).init(),
         LogFormat::Json => builder.json().init(),
     }
 }
