@@ -182,8 +182,8 @@ pub fn decide<B>(request: &Request<B>, policy: &Policy, throttled: Option<Durati
         let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         return Decision::Reject(Rejection::Throttled { retry_after_secs });
     }
-    let query = request.uri().query().unwrap_or_default();
-    if let Err(rejection) = check_token(request.headers(), query, &policy.token) {
+    let query = HandshakeQuery::parse(request.uri().query().unwrap_or_default());
+    if let Err(rejection) = check_token(request.headers(), query.token, &policy.token) {
         return match policy.auth_failure {
             AuthFailureMode::Http => Decision::Reject(rejection),
             AuthFailureMode::Close => Decision::UpgradeThenClose {
@@ -192,12 +192,12 @@ pub fn decide<B>(request: &Request<B>, policy: &Policy, throttled: Option<Durati
             },
         };
     }
-    let room = match query_param(query, "room") {
+    let room = match query.room {
         None => DEFAULT_ROOM.to_owned(),
         Some(room) if is_valid_name(&room) => room,
         Some(_) => return Decision::Reject(Rejection::InvalidRoom),
     };
-    let name = match query_param(query, "name") {
+    let name = match query.name {
         None => None,
         Some(name) if is_valid_name(&name) => Some(name),
         Some(_) => return Decision::Reject(Rejection::InvalidName),
@@ -290,14 +290,17 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 }
 
 /// The token presented by the client: `Authorization: Bearer` wins over the query.
-fn check_token(headers: &HeaderMap, query: &str, token: &Token) -> Result<(), Rejection> {
+fn check_token(
+    headers: &HeaderMap,
+    query_token: Option<String>,
+    token: &Token,
+) -> Result<(), Rejection> {
     let presented = bearer_token(headers)
         .map(str::as_bytes)
-        .map(<[u8]>::to_vec)
-        .or_else(|| query_param(query, "token").map(String::into_bytes));
+        .or(query_token.as_deref().map(str::as_bytes));
     match presented {
         None => Err(Rejection::MissingToken),
-        Some(candidate) if token.matches(&candidate) => Ok(()),
+        Some(candidate) if token.matches(candidate) => Ok(()),
         Some(_) => Err(Rejection::InvalidToken),
     }
 }
@@ -317,6 +320,42 @@ pub fn query_param(query: &str, key: &str) -> Option<String> {
         .find(|(name, _)| name == key)
         .map(|(_, value)| value.into_owned())
         .filter(|value| !value.is_empty())
+}
+
+/// The query parameters the handshake reads, each as [`query_param`] would return it, found
+/// in one pass: decoding the query three times was a measurable share of a handshake.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HandshakeQuery {
+    pub token: Option<String>,
+    pub room: Option<String>,
+    pub name: Option<String>,
+}
+
+impl HandshakeQuery {
+    pub fn parse(query: &str) -> Self {
+        // `Some("")` marks a parameter seen empty: its first occurrence still wins.
+        let mut found = Self::default();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            let slot = match &*key {
+                "token" => &mut found.token,
+                "room" => &mut found.room,
+                "name" => &mut found.name,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(value.into_owned());
+            }
+            if found.token.is_some() && found.room.is_some() && found.name.is_some() {
+                break;
+            }
+        }
+        let given = |value: Option<String>| value.filter(|value| !value.is_empty());
+        Self {
+            token: given(found.token),
+            room: given(found.room),
+            name: given(found.name),
+        }
+    }
 }
 
 pub fn is_valid_name(name: &str) -> bool {
@@ -560,5 +599,29 @@ mod tests {
         );
         let plain: http::Uri = "/healthz".parse().unwrap();
         assert_eq!(redacted_target(&plain), "/healthz");
+    }
+
+    #[test]
+    fn one_pass_query_reading_agrees_with_query_param() {
+        for query in [
+            "",
+            "token=a&room=r&name=n",
+            "token=&token=b",
+            "token=b&token=",
+            "tok%65n=x&token=y",
+            "room=a&room=b&name=&name=c",
+            "token=a+b%2B&&=&room",
+            "name=n&token=t&room=r&token=u&extra=1",
+            "%FF=1&token=%FF%FE",
+        ] {
+            let read = HandshakeQuery::parse(query);
+            assert_eq!(
+                read.token,
+                query_param(query, "token"),
+                "token in {query:?}"
+            );
+            assert_eq!(read.room, query_param(query, "room"), "room in {query:?}");
+            assert_eq!(read.name, query_param(query, "name"), "name in {query:?}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! `application/x-www-form-urlencoded` parser, independently of the server's code.
 
 use proptest::prelude::*;
-use wschat::handshake::query_param;
+use wschat::handshake::{query_param, HandshakeQuery};
 
 /// WHATWG "percent-decode" of bytes, after `+` → space.
 fn form_decode(part: &str) -> String {
@@ -50,6 +50,8 @@ fn query_strategy() -> impl Strategy<Value = String> {
     let piece = prop_oneof![
         Just("token".to_owned()),
         Just("tok%65n".to_owned()),
+        Just("room".to_owned()),
+        Just("name".to_owned()),
         Just("=".to_owned()),
         Just("&".to_owned()),
         Just("+".to_owned()),
@@ -73,9 +75,19 @@ proptest! {
         prop_assert_eq!(query_param(&query, "token"), oracle(&query, "token"));
     }
 
+    /// What the handshake itself reads, in one pass over the query.
+    #[test]
+    fn the_handshake_reads_token_room_and_name_like_a_browser(query in query_strategy()) {
+        let read = HandshakeQuery::parse(&query);
+        prop_assert_eq!(read.token, oracle(&query, "token"));
+        prop_assert_eq!(read.room, oracle(&query, "room"));
+        prop_assert_eq!(read.name, oracle(&query, "name"));
+    }
+
     #[test]
     fn token_extraction_never_panics_on_any_string(query in ".*") {
         let _ = query_param(&query, "token");
+        let _ = HandshakeQuery::parse(&query);
     }
 }
 
