@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wschat_testkit::{ServerEvent, TestServer};
 
@@ -137,6 +137,45 @@ async fn a_client_that_resets_mid_handshake_leaves_nothing_behind() {
         other => panic!("expected the real ghost's join, got {other:?}"),
     }
     assert!(server.metrics().render().contains("wschat_connections 2"));
+}
+
+#[tokio::test]
+async fn a_client_that_resets_right_after_the_101_leaves_the_room() {
+    let server = TestServer::start().await;
+    let mut witness = server.client().name("witness").connect_ok().await;
+
+    let mut stream = TcpStream::connect(server.addr()).await.expect("connect");
+    let request = format!(
+        "GET /?token={}&name=ghost HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        server.token()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    // The first bytes of the answer: the server has upgraded and the ghost is in the room.
+    let mut status_line = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut status_line))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    assert_eq!(&status_line, b"HTTP/1.1 101");
+    stream.set_zero_linger().expect("linger");
+    drop(stream);
+
+    match witness.recv().await {
+        ServerEvent::Join { user, .. } => assert_eq!(user, "ghost"),
+        other => panic!("expected the ghost's join, got {other:?}"),
+    }
+    match witness.recv().await {
+        ServerEvent::Leave { user, .. } => assert_eq!(user, "ghost"),
+        other => panic!("expected the ghost's leave, got {other:?}"),
+    }
+    server
+        .wait_for_metrics("only the witness connected", |text| {
+            text.contains("wschat_connections 1\n")
+        })
+        .await;
+    server.client().name("ghost").connect_ok().await;
 }
 
 #[tokio::test]

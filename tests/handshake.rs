@@ -23,21 +23,24 @@ fn upgrade_headers<'a>(without: &[&str], extra: &[(&'a str, &'a str)]) -> Vec<(&
 }
 
 #[rstest]
-#[case::no_connection_upgrade(&["Connection"], &[], 400)]
-#[case::connection_without_upgrade_token(&["Connection"], &[("Connection", "keep-alive")], 400)]
-#[case::upgrade_to_something_else(&["Upgrade"], &[("Upgrade", "h2c")], 400)]
-#[case::no_key(&["Sec-WebSocket-Key"], &[], 400)]
-#[case::malformed_key(&["Sec-WebSocket-Key"], &[("Sec-WebSocket-Key", "not-a-key")], 400)]
-#[case::no_version(&["Sec-WebSocket-Version"], &[], 426)]
-#[case::old_version(&["Sec-WebSocket-Version"], &[("Sec-WebSocket-Version", "8")], 426)]
+#[case::no_connection_upgrade(&["Connection"], &[], 400, "bad_request")]
+#[case::connection_without_upgrade_token(&["Connection"], &[("Connection", "keep-alive")], 400, "bad_request")]
+#[case::upgrade_to_something_else(&["Upgrade"], &[("Upgrade", "h2c")], 400, "bad_request")]
+#[case::no_key(&["Sec-WebSocket-Key"], &[], 400, "bad_request")]
+#[case::malformed_key(&["Sec-WebSocket-Key"], &[("Sec-WebSocket-Key", "not-a-key")], 400, "bad_request")]
+#[case::no_version(&["Sec-WebSocket-Version"], &[], 426, "unsupported_version")]
+#[case::old_version(&["Sec-WebSocket-Version"], &[("Sec-WebSocket-Version", "8")], 426, "unsupported_version")]
 #[tokio::test]
 async fn malformed_upgrades_are_refused_before_the_token_check(
     #[case] without: &[&str],
     #[case] extra: &[(&str, &str)],
     #[case] status: u16,
+    #[case] label: &str,
+    #[values(true, false)] right_token: bool,
 ) {
     let server = TestServer::start().await;
-    let path = format!("/?token={}", server.token());
+    let token = if right_token { server.token() } else { "wrong" };
+    let path = format!("/?token={token}");
     let response = server
         .http("GET", &path, &upgrade_headers(without, extra))
         .await;
@@ -50,6 +53,8 @@ async fn malformed_upgrades_are_refused_before_the_token_check(
         metrics.contains("wschat_connections_accepted_total 0"),
         "{metrics}"
     );
+    let counted = format!(r#"wschat_handshakes_rejected_total{{reason="{label}"}} 1"#);
+    assert!(metrics.contains(&counted), "{counted} in:\n{metrics}");
 }
 
 #[tokio::test]
@@ -111,6 +116,11 @@ async fn origin_allowlist(#[case] origin: Option<&str>, #[case] admitted: bool) 
         let rejected = attempt.connect_rejected().await;
         assert_eq!(rejected.status, 403);
         assert_eq!(rejected.body, "origin not allowed");
+        let metrics = server.metrics().render();
+        assert!(
+            metrics.contains(r#"wschat_handshakes_rejected_total{reason="origin"} 1"#),
+            "{metrics}"
+        );
     }
 }
 
@@ -127,6 +137,27 @@ async fn origin_is_checked_before_the_token() {
         .connect_rejected()
         .await;
     assert_eq!(rejected.status, 403);
+}
+
+#[rstest]
+#[case::bad_room(Some("a b"), None)]
+#[case::bad_name(None, Some("<b>x</b>"))]
+#[tokio::test]
+async fn the_token_is_checked_before_room_and_name(
+    #[case] room: Option<&str>,
+    #[case] name: Option<&str>,
+) {
+    let server = TestServer::start().await;
+    let mut attempt = server.client().token("wrong");
+    if let Some(room) = room {
+        attempt = attempt.room(room);
+    }
+    if let Some(name) = name {
+        attempt = attempt.name(name);
+    }
+    let rejected = attempt.connect_rejected().await;
+    assert_eq!(rejected.status, 401);
+    assert_eq!(rejected.body, "invalid token");
 }
 
 #[rstest]

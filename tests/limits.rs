@@ -51,8 +51,13 @@ async fn over_the_rate_a_message_is_refused_but_the_connection_stays() {
         sender.send_text(&format!("m{n}")).await;
     }
     assert_eq!(sender.recv_error().await, ErrorCode::RateLimited);
+    // A message posted after the refusal comes right after m2 in the room's one order: m3
+    // was never posted, neither late nor early.
+    let mut marker = server.client().name("marker").connect_ok().await;
+    marker.say("after the refusal").await;
     assert_eq!(witness.recv_message().await.text, "m1");
     assert_eq!(witness.recv_message().await.text, "m2");
+    assert_eq!(witness.recv_message().await.text, "after the refusal");
     let metrics = server.metrics().render();
     assert!(
         metrics.contains("wschat_messages_rate_limited_total 1"),
@@ -92,12 +97,14 @@ async fn a_silent_client_is_closed_after_the_idle_timeout() {
 async fn pings_keep_a_reading_client_alive() {
     let server = TestServer::start_with(|config| {
         config.ping_interval = Duration::from_millis(50);
-        config.idle_timeout = Duration::from_millis(200);
+        // Ten pings per timeout: a test machine busy with the rest of the suite may delay a
+        // pong or two without the client looking silent.
+        config.idle_timeout = Duration::from_millis(500);
     })
     .await;
     let mut client = server.client().connect_ok().await;
     // While reading, the client answers every ping with a pong, which counts as activity.
-    client.expect_silence(Duration::from_millis(800)).await;
+    client.expect_silence(Duration::from_millis(1500)).await;
     client.say("still here").await;
     assert_eq!(client.recv_message().await.text, "still here");
 }
@@ -247,4 +254,9 @@ async fn a_client_that_does_not_read_is_closed_1013_while_the_others_get_everyth
     );
     let (code, reason) = closing.await.expect("closing task");
     assert_eq!((code, reason.as_str()), (1013, "slow consumer"));
+    server
+        .wait_for_metrics("one slow-consumer disconnect", |text| {
+            text.contains(r#"wschat_disconnects_total{reason="slow_consumer"} 1"#)
+        })
+        .await;
 }
