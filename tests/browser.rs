@@ -384,6 +384,36 @@ impl Browser {
         status.as_str().unwrap_or_default().to_owned()
     }
 
+    /// Asserts that `token` is nowhere the page could leak it from: not in its address (so
+    /// not in its history either), its cookies, or its storage.
+    async fn assert_token_kept_private(&self, token: &str) {
+        let places = self
+            .eval(
+                "const stored = (storage) => Object.keys(storage)
+                   .map((key) => `${key}=${storage.getItem(key)}`).join('&');
+                 return {
+                   address: location.href,
+                   cookies: document.cookie,
+                   local_storage: stored(localStorage),
+                   session_storage: stored(sessionStorage),
+                 }",
+            )
+            .await;
+        let places = places.as_object().expect("an object");
+        assert_eq!(places.len(), 4);
+        for (place, value) in places {
+            let value = value.as_str().expect("text");
+            assert!(
+                !value.contains(token),
+                "the token is in the page's {place}: {value:?}"
+            );
+        }
+        assert!(
+            !places["address"].as_str().unwrap_or_default().contains('?'),
+            "the page's address has no query: {places:?}"
+        );
+    }
+
     /// The browser console's error entries (CSP violations, script errors, failed loads).
     async fn console_errors(&self) -> Vec<String> {
         let entries = self
@@ -484,6 +514,7 @@ async fn two_browsers_chat_and_see_each_other_join_and_leave() {
     alice.say("see you").await;
     bob.wait_for_message("alice", "see you").await;
     alice.screenshot("browser-chat.png").await;
+    alice.assert_token_kept_private(server.token()).await;
 
     bob.click("#leave").await;
     bob.wait_for_status("idle").await;
@@ -632,6 +663,28 @@ async fn reconnects_after_the_server_restarts() {
 }
 
 #[tokio::test]
+async fn a_guest_keeps_its_name_when_it_reconnects() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    // No pings and a short idle timeout: the server drops the page (1001) soon after every
+    // welcome, and the page reconnects.
+    let server = TestServer::start_with(|config| {
+        config.ping_interval = Duration::from_secs(60);
+        config.idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    browser.open(&server).await;
+    browser.join(server.token(), "", "lobby").await;
+    let status = browser.wait_for_status("connected").await;
+    assert_eq!(status, "connected as guest-1 in #lobby");
+    browser.wait_for_event("reconnected").await;
+    let status = browser.wait_for_status("connected").await;
+    // Without the name, the server would have made it guest-2.
+    assert_eq!(status, "connected as guest-1 in #lobby", "the same guest");
+}
+
+#[tokio::test]
 async fn flooding_shows_the_errors_then_the_1008_without_reconnecting() {
     let Some(browser) = Browser::launch().await else {
         return;
@@ -673,8 +726,10 @@ async fn fits_a_phone_screen() {
     let server = TestServer::start().await;
     let mut bob = server.client().name("bob").connect_ok().await;
     browser.join_chat(&server, "alice", "lobby").await;
-    bob.say("a long line without spaces: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
-        .await;
+    let long_line =
+        "a long line without spaces: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    bob.say(long_line).await;
+    browser.wait_for_message("bob", long_line).await;
     browser.say("short answer").await;
     browser.wait_for_message("alice", "short answer").await;
     browser.screenshot("browser-chat-phone.png").await;
