@@ -42,9 +42,14 @@ async fn start(args: &[&str]) -> (Child, SocketAddr) {
 }
 
 fn terminate(child: &Child) {
+    send_signal(child, "TERM");
+}
+
+/// Sends the named signal (`TERM`, `INT`) to the child, as `kill -NAME` does.
+fn send_signal(child: &Child, signal: &str) {
     let pid = child.id().expect("running child").to_string();
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
+        .args([&format!("-{signal}"), &pid])
         .status();
     assert!(status.expect("kill runs").success());
 }
@@ -60,8 +65,11 @@ async fn exit_of(child: Child) -> (ExitStatus, String) {
     )
 }
 
+#[rstest]
+#[case::sigterm("TERM")]
+#[case::sigint("INT")]
 #[tokio::test]
-async fn serves_chat_and_exits_0_on_sigterm_after_closing_clients_with_1001() {
+async fn serves_chat_and_exits_0_on_a_signal_after_closing_clients_with_1001(#[case] signal: &str) {
     let (child, addr) = start(&["--listen", "127.0.0.1:0", "--token", "cli-secret"]).await;
     let mut alice = ClientBuilder::new(addr)
         .token("cli-secret")
@@ -76,7 +84,7 @@ async fn serves_chat_and_exits_0_on_sigterm_after_closing_clients_with_1001() {
     alice.say("over the wire").await;
     assert_eq!(bob.recv_message().await.text, "over the wire");
 
-    terminate(&child);
+    send_signal(&child, signal);
     for client in [&mut alice, &mut bob] {
         let (code, reason) = client.expect_close().await;
         assert_eq!((code, reason.as_str()), (1001, "server shutting down"));
