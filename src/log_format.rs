@@ -15,10 +15,11 @@
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -38,7 +39,10 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let metadata = event.metadata();
+        // Events bridged from the `log` crate (tungstenite logs that way) carry their real
+        // target and level in `log.*` fields; normalizing puts them back in place.
+        let normalized = event.normalized_metadata();
+        let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
         write_timestamp(&mut writer, SystemTime::now())?;
         write_level(&mut writer, *metadata.level())?;
         if let Some(scope) = ctx.event_scope() {
@@ -80,10 +84,16 @@ fn write_timestamp(writer: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
     LAST_SECOND.with(|last| {
         let mut last = last.borrow_mut();
         if last.0 != seconds {
-            let text = humantime::format_rfc3339_seconds(now).to_string();
+            // From the clamped seconds, not `now`: humantime refuses times before the epoch.
+            let whole_second = UNIX_EPOCH + Duration::from_secs(seconds);
+            let mut text = String::new();
+            if write!(text, "{}", humantime::format_rfc3339_seconds(whole_second)).is_err() {
+                // Past the year 9999, which RFC 3339 cannot write.
+                text = String::from("<unknown time>");
+            }
             // `…T00:44:40Z`: the fraction goes between the seconds and the `Z`.
-            last.1 = text.trim_end_matches('Z').to_owned();
-            last.0 = seconds;
+            text.truncate(text.trim_end_matches('Z').len());
+            *last = (seconds, text);
         }
         writer.write_str(&last.1)
     })?;
@@ -158,17 +168,24 @@ impl Visit for FieldWriter<'_, '_> {
     }
 }
 
-/// Passes text through, except ASCII control characters, which it writes escaped (`\n`,
-/// `\u{1b}`): a value can never start a forged line or send a terminal escape sequence.
+/// Passes text through, except control characters (C0, DEL and C1), which it writes escaped
+/// (`\n`, `\u{1b}`, `\u{9b}`): a value can never start a forged line or send a terminal
+/// escape sequence.
 struct ControlEscaping<'w, 'a>(&'w mut Writer<'a>);
+
+/// Whether `byte` may belong to a control character: C0 and DEL are single bytes, and every
+/// C1 character (U+0080 to U+009F) is encoded as 0xC2 followed by a continuation byte.
+fn may_start_control(byte: u8) -> bool {
+    byte < 0x20 || byte == 0x7f || byte == 0xc2
+}
 
 impl fmt::Write for ControlEscaping<'_, '_> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
-        if !text.bytes().any(|byte| byte.is_ascii_control()) {
+        if !text.bytes().any(may_start_control) {
             return self.0.write_str(text);
         }
         for c in text.chars() {
-            if c.is_ascii_control() {
+            if c.is_control() {
                 write!(self.0, "{}", c.escape_default())?;
             } else {
                 self.0.write_char(c)?;
@@ -244,7 +261,7 @@ mod tests {
     fn the_timestamp_is_rfc_3339_with_microseconds() {
         let mut text = String::new();
         for micros in [1_764_000_000_000_042, 1_764_000_001_999_999] {
-            let at = UNIX_EPOCH + std::time::Duration::from_micros(micros);
+            let at = UNIX_EPOCH + Duration::from_micros(micros);
             write_timestamp(&mut Writer::new(&mut text), at).unwrap();
         }
         // The second one is in the next second: the cached date text must not be reused.
@@ -252,6 +269,16 @@ mod tests {
             text,
             "2025-11-24T16:00:00.000042Z 2025-11-24T16:00:01.999999Z "
         );
+    }
+
+    #[test]
+    fn a_clock_outside_rfc_3339_does_not_panic() {
+        let mut text = String::new();
+        let before_the_epoch = UNIX_EPOCH - Duration::from_secs(1);
+        write_timestamp(&mut Writer::new(&mut text), before_the_epoch).unwrap();
+        let after_year_9999 = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        write_timestamp(&mut Writer::new(&mut text), after_year_9999).unwrap();
+        assert_eq!(text, "1970-01-01T00:00:00.000000Z <unknown time>.000000Z ");
     }
 
     #[test]
@@ -269,10 +296,13 @@ mod tests {
 
     #[test]
     fn control_characters_in_values_cannot_forge_lines() {
-        let hostile = "x\nINFO forged\x1b[31m";
+        let hostile = "x\nINFO forged\x1b[31m\u{9b}2J\u{85}é";
         let text = lines_of(false, || tracing::info!(name = %hostile, "seen"));
         assert_eq!(text.lines().count(), 1, "{text}");
-        assert!(text.contains(r"name=x\nINFO forged\u{1b}[31m"), "{text}");
+        assert!(
+            text.contains(r"name=x\nINFO forged\u{1b}[31m\u{9b}2J\u{85}é"),
+            "{text}"
+        );
     }
 
     #[test]
