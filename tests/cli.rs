@@ -229,6 +229,49 @@ async fn environment_variables_configure_and_flags_win() {
     assert_eq!(exit_of(child).await.0.code(), Some(0));
 }
 
+#[tokio::test]
+async fn list_variables_are_comma_separated() {
+    let mut command = wschat(&["--token", "list-secret"]);
+    command.env("WSCHAT_LISTEN", "127.0.0.1:0,127.0.0.2:0").env(
+        "WSCHAT_ALLOWED_ORIGINS",
+        "https://a.example,https://b.example",
+    );
+    let mut child = command.spawn().expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("a listening line within the timeout")
+            .expect("readable stdout")
+            .expect("a line before stdout closed");
+        let addr: SocketAddr = line
+            .trim_start_matches("wschat listening on ws://")
+            .parse()
+            .expect("a socket address");
+        addrs.push(addr);
+    }
+    let ips: Vec<String> = addrs.iter().map(|addr| addr.ip().to_string()).collect();
+    assert_eq!(ips, ["127.0.0.1", "127.0.0.2"]);
+    for addr in addrs {
+        ClientBuilder::new(addr)
+            .token("list-secret")
+            .header("Origin", "https://b.example")
+            .connect_ok()
+            .await
+            .close()
+            .await;
+        let rejected = ClientBuilder::new(addr)
+            .token("list-secret")
+            .header("Origin", "https://c.example")
+            .connect_rejected()
+            .await;
+        assert_eq!(rejected.status, 403);
+    }
+    terminate(&child);
+    assert_eq!(exit_of(child).await.0.code(), Some(0));
+}
+
 #[rstest]
 #[case::development_token_on_a_public_address(&["--listen", "0.0.0.0:0"], "development token")]
 #[case::unparseable_number(&["--max-connections", "many"], "--max-connections")]
