@@ -473,4 +473,31 @@ mod tests {
         let texts: Vec<&str> = history.iter().map(|m| m.text.as_str()).collect();
         assert_eq!(texts, ["x", "y"]);
     }
+
+    #[tokio::test]
+    async fn a_message_is_serialized_once_and_its_bytes_shared_by_every_member() {
+        let limits = HubLimits {
+            history: 10,
+            max_rooms: 10,
+            send_queue: 16,
+        };
+        let hub = Hub::new(limits, Metrics::new());
+        let mut members: Vec<Joined> = ["a", "b", "c"]
+            .into_iter()
+            .map(|name| hub.reserve("r", Some(name.into())).unwrap().join())
+            .collect();
+        members[0].membership.say("hi".into()).unwrap();
+
+        let mut copies = Vec::new();
+        for member in &mut members {
+            assert_eq!(member.events.next_batch().await, Next::Events);
+            let message = member.events.batch().pop_back().expect("the message");
+            copies.push(message);
+        }
+        let event: ServerEvent = serde_json::from_str(&copies[0]).unwrap();
+        assert!(matches!(event, ServerEvent::Message(message) if message.text == "hi"));
+        // Same bytes, same address: one buffer, reference-counted, not three serializations.
+        let address = copies[0].as_str().as_ptr();
+        assert!(copies.iter().all(|copy| copy.as_str().as_ptr() == address));
+    }
 }
