@@ -31,6 +31,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::hub::{Backlog, Joined, Membership, NotAMember};
+use crate::log_format::PeerAddr;
 use crate::metrics::Metrics;
 use crate::protocol::{parse_client_frame, ClientFrame, ErrorCode, ServerEvent};
 use crate::queue::{EventQueue, Kick, Next};
@@ -328,7 +329,7 @@ impl Connection {
         {
             self.metrics.connection_opened();
             tracing::info!(
-                peer = %self.peer,
+                peer = %PeerAddr(self.peer),
                 user = %self.membership.name(),
                 room = %self.membership.room(),
                 "connection accepted"
@@ -344,7 +345,7 @@ impl Connection {
                 _ => None,
             };
             tracing::info!(
-                peer = %self.peer,
+                peer = %PeerAddr(self.peer),
                 user = %self.membership.name(),
                 room = %self.membership.room(),
                 close_code = code,

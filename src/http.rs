@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connection::ConnectionLimits;
 use crate::handshake::{self, Decision, Policy, Rejection};
 use crate::hub::{Hub, Reservation};
+use crate::log_format::PeerAddr;
 use crate::metrics::{self, Metrics};
 use crate::stream::HoldSwitch;
 use crate::throttle::Throttle;
@@ -160,7 +161,7 @@ fn upgrade(
     let target = handshake::RedactedTarget(request.uri());
     let record = |rejection: Rejection| {
         state.metrics.handshake_rejected(rejection.label());
-        tracing::info!(%peer, reason = rejection.label(), %target, "handshake rejected");
+        tracing::info!(peer = %PeerAddr(peer), reason = rejection.label(), %target, "handshake rejected");
     };
     let reject = |rejection: Rejection| {
         record(rejection);

@@ -15,6 +15,7 @@
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -195,6 +196,53 @@ impl fmt::Write for ControlEscaping<'_, '_> {
     }
 }
 
+/// Displays a socket address exactly as `SocketAddr`'s own `Display` does (without width or
+/// precision), but an IPv4 address without going through `core::fmt` five times: SPEC §7 puts
+/// the peer on every connection line, and std's formatting of it was a sixth of a line's cost.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let SocketAddr::V4(v4) = self.0 else {
+            return fmt::Display::fmt(&self.0, f);
+        };
+        // "255.255.255.255:65535" is the longest.
+        let mut text = [0u8; 21];
+        let mut len = 0;
+        for (index, octet) in v4.ip().octets().into_iter().enumerate() {
+            if index > 0 {
+                text[len] = b'.';
+                len += 1;
+            }
+            len += write_decimal(&mut text[len..], octet.into());
+        }
+        text[len] = b':';
+        len += 1;
+        len += write_decimal(&mut text[len..], v4.port());
+        f.write_str(std::str::from_utf8(&text[..len]).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// Writes `value` in decimal at the start of `out` (at least five bytes); returns its length.
+fn write_decimal(out: &mut [u8], value: u16) -> usize {
+    let mut digits = [0u8; 5];
+    let mut rest = value;
+    let mut count = 0;
+    loop {
+        digits[count] = b'0' + (rest % 10) as u8;
+        count += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for (slot, digit) in out.iter_mut().zip(digits[..count].iter().rev()) {
+        *slot = *digit;
+    }
+    count
+}
+
 #[cfg(test)]
 mod tests {
     use std::io;
@@ -279,6 +327,21 @@ mod tests {
         let after_year_9999 = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
         write_timestamp(&mut Writer::new(&mut text), after_year_9999).unwrap();
         assert_eq!(text, "1970-01-01T00:00:00.000000Z <unknown time>.000000Z ");
+    }
+
+    #[test]
+    fn peer_addresses_read_as_std_writes_them() {
+        for addr in [
+            "0.0.0.0:0",
+            "127.0.0.1:58438",
+            "255.255.255.255:65535",
+            "10.0.9.100:80",
+            "[::1]:3000",
+            "[fe80::1%2]:443",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            assert_eq!(PeerAddr(addr).to_string(), addr.to_string());
+        }
     }
 
     #[test]
