@@ -28,17 +28,28 @@ fn wschat(args: &[&str]) -> Command {
 /// Starts the binary and returns it with the address of its first `listening on` line.
 async fn start(args: &[&str]) -> (Child, SocketAddr) {
     let mut child = wschat(args).spawn().expect("the wschat binary starts");
+    let addr = listening_addrs(&mut child, 1).await[0];
+    (child, addr)
+}
+
+/// Reads the first `count` lines of a started binary, each `wschat listening on ws://ADDR`,
+/// and returns their addresses.
+async fn listening_addrs(child: &mut Child, count: usize) -> Vec<SocketAddr> {
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .expect("a listening line within the timeout")
-        .expect("readable stdout")
-        .expect("a line before stdout closed");
-    let url = line
-        .strip_prefix("wschat listening on ws://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    (child, url.parse().expect("a socket address"))
+    let mut addrs = Vec::with_capacity(count);
+    for _ in 0..count {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("a listening line within the timeout")
+            .expect("readable stdout")
+            .expect("a line before stdout closed");
+        let url = line
+            .strip_prefix("wschat listening on ws://")
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        addrs.push(url.parse().expect("a socket address"));
+    }
+    addrs
 }
 
 fn terminate(child: &Child) {
@@ -204,16 +215,7 @@ async fn environment_variables_configure_and_flags_win() {
         .env("WSCHAT_LISTEN", "127.0.0.1:0")
         .env("WSCHAT_TOKEN", "from-env");
     let mut child = command.spawn().expect("spawn");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let line = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let addr: SocketAddr = line
-        .trim_start_matches("wschat listening on ws://")
-        .parse()
-        .unwrap();
+    let addr = listening_addrs(&mut child, 1).await[0];
     ClientBuilder::new(addr)
         .token("from-flag")
         .connect_ok()
@@ -237,20 +239,7 @@ async fn list_variables_are_comma_separated() {
         "https://a.example,https://b.example",
     );
     let mut child = command.spawn().expect("spawn");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut addrs = Vec::new();
-    for _ in 0..2 {
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("a listening line within the timeout")
-            .expect("readable stdout")
-            .expect("a line before stdout closed");
-        let addr: SocketAddr = line
-            .trim_start_matches("wschat listening on ws://")
-            .parse()
-            .expect("a socket address");
-        addrs.push(addr);
-    }
+    let addrs = listening_addrs(&mut child, 2).await;
     let ips: Vec<String> = addrs.iter().map(|addr| addr.ip().to_string()).collect();
     assert_eq!(ips, ["127.0.0.1", "127.0.0.2"]);
     for addr in addrs {
