@@ -319,16 +319,7 @@ async fn a_token_file_flag_wins_over_the_token_variable() {
     ]);
     command.env("WSCHAT_TOKEN", "from-env");
     let mut child = command.spawn().expect("spawn");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let line = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let addr: SocketAddr = line
-        .trim_start_matches("wschat listening on ws://")
-        .parse()
-        .unwrap();
+    let addr = listening_addrs(&mut child, 1).await[0];
     ClientBuilder::new(addr)
         .token("file-wins")
         .connect_ok()
