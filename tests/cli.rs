@@ -243,13 +243,15 @@ async fn list_variables_are_comma_separated() {
     let ips: Vec<String> = addrs.iter().map(|addr| addr.ip().to_string()).collect();
     assert_eq!(ips, ["127.0.0.1", "127.0.0.2"]);
     for addr in addrs {
-        ClientBuilder::new(addr)
-            .token("list-secret")
-            .header("Origin", "https://b.example")
-            .connect_ok()
-            .await
-            .close()
-            .await;
+        for origin in ["https://a.example", "https://b.example"] {
+            ClientBuilder::new(addr)
+                .token("list-secret")
+                .header("Origin", origin)
+                .connect_ok()
+                .await
+                .close()
+                .await;
+        }
         let rejected = ClientBuilder::new(addr)
             .token("list-secret")
             .header("Origin", "https://c.example")

@@ -58,6 +58,7 @@ async fn over_the_rate_a_message_is_refused_but_the_connection_stays() {
     assert_eq!(witness.recv_message().await.text, "m1");
     assert_eq!(witness.recv_message().await.text, "m2");
     assert_eq!(witness.recv_message().await.text, "after the refusal");
+    witness.expect_silence(Duration::from_millis(200)).await;
     let metrics = server.metrics().render();
     assert!(
         metrics.contains("wschat_messages_rate_limited_total 1"),
