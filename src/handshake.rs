@@ -183,7 +183,7 @@ pub fn decide<B>(request: &Request<B>, policy: &Policy, throttled: Option<Durati
         return Decision::Reject(Rejection::Throttled { retry_after_secs });
     }
     let query = HandshakeQuery::parse(request.uri().query().unwrap_or_default());
-    if let Err(rejection) = check_token(request.headers(), query.token, &policy.token) {
+    if let Err(rejection) = check_token(request.headers(), query.token.as_deref(), &policy.token) {
         return match policy.auth_failure {
             AuthFailureMode::Http => Decision::Reject(rejection),
             AuthFailureMode::Close => Decision::UpgradeThenClose {
@@ -292,13 +292,10 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 /// The token presented by the client: `Authorization: Bearer` wins over the query.
 fn check_token(
     headers: &HeaderMap,
-    query_token: Option<String>,
+    query_token: Option<&str>,
     token: &Token,
 ) -> Result<(), Rejection> {
-    let presented = bearer_token(headers)
-        .map(str::as_bytes)
-        .or(query_token.as_deref().map(str::as_bytes));
-    match presented {
+    match bearer_token(headers).or(query_token).map(str::as_bytes) {
         None => Err(Rejection::MissingToken),
         Some(candidate) if token.matches(candidate) => Ok(()),
         Some(_) => Err(Rejection::InvalidToken),

@@ -445,14 +445,19 @@ mod tests {
     use super::*;
     use crate::queue::Next;
 
-    #[tokio::test]
-    async fn a_member_dropped_as_slow_consumer_can_no_longer_post() {
+    /// A hub for one test: small rooms, each member queueing at most `send_queue` events.
+    fn hub(send_queue: usize) -> Hub {
         let limits = HubLimits {
             history: 10,
             max_rooms: 10,
-            send_queue: 2,
+            send_queue,
         };
-        let hub = Hub::new(limits, Metrics::new());
+        Hub::new(limits, Metrics::new())
+    }
+
+    #[tokio::test]
+    async fn a_member_dropped_as_slow_consumer_can_no_longer_post() {
+        let hub = hub(2);
         let a = hub.reserve("r", Some("a".into())).unwrap().join();
         let mut b = hub.reserve("r", Some("b".into())).unwrap().join();
 
@@ -476,12 +481,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_is_serialized_once_and_its_bytes_shared_by_every_member() {
-        let limits = HubLimits {
-            history: 10,
-            max_rooms: 10,
-            send_queue: 16,
-        };
-        let hub = Hub::new(limits, Metrics::new());
+        let hub = hub(16);
         let mut members: Vec<Joined> = ["a", "b", "c"]
             .into_iter()
             .map(|name| hub.reserve("r", Some(name.into())).unwrap().join())

@@ -98,13 +98,13 @@ fn write_timestamp(writer: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
         }
         writer.write_str(&last.1)
     })?;
-    let mut fraction = *b".000000Z ";
-    let mut micros = since_epoch.subsec_micros();
-    for digit in fraction[1..7].iter_mut().rev() {
-        *digit = b'0' + (micros % 10) as u8;
-        micros /= 10;
-    }
-    writer.write_str(std::str::from_utf8(&fraction).map_err(|_| fmt::Error)?)
+    let mut digits = itoa::Buffer::new();
+    let micros = digits.format(since_epoch.subsec_micros());
+    // Six digits, zero-padded: `.000042Z`.
+    writer.write_char('.')?;
+    writer.write_str(&"000000"[micros.len()..])?;
+    writer.write_str(micros)?;
+    writer.write_str("Z ")
 }
 
 /// The level right-aligned in five columns, coloured like tracing-subscriber's when the
@@ -207,40 +207,25 @@ impl fmt::Display for PeerAddr {
         let SocketAddr::V4(v4) = self.0 else {
             return fmt::Display::fmt(&self.0, f);
         };
-        // "255.255.255.255:65535" is the longest.
+        // Assembled first and written once: every write to the log line is a dynamic call
+        // and a scan for control characters. "255.255.255.255:65535" is the longest.
         let mut text = [0u8; 21];
         let mut len = 0;
+        let mut digits = itoa::Buffer::new();
+        let mut push = |part: &[u8]| {
+            text[len..len + part.len()].copy_from_slice(part);
+            len += part.len();
+        };
         for (index, octet) in v4.ip().octets().into_iter().enumerate() {
             if index > 0 {
-                text[len] = b'.';
-                len += 1;
+                push(b".");
             }
-            len += write_decimal(&mut text[len..], octet.into());
+            push(digits.format(octet).as_bytes());
         }
-        text[len] = b':';
-        len += 1;
-        len += write_decimal(&mut text[len..], v4.port());
+        push(b":");
+        push(digits.format(v4.port()).as_bytes());
         f.write_str(std::str::from_utf8(&text[..len]).map_err(|_| fmt::Error)?)
     }
-}
-
-/// Writes `value` in decimal at the start of `out` (at least five bytes); returns its length.
-fn write_decimal(out: &mut [u8], value: u16) -> usize {
-    let mut digits = [0u8; 5];
-    let mut rest = value;
-    let mut count = 0;
-    loop {
-        digits[count] = b'0' + (rest % 10) as u8;
-        count += 1;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    for (slot, digit) in out.iter_mut().zip(digits[..count].iter().rev()) {
-        *slot = *digit;
-    }
-    count
 }
 
 #[cfg(test)]
