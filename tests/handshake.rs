@@ -2,7 +2,7 @@
 //! rejection is checked for its status, headers and body, and for leaving no trace in a room.
 
 use rstest::rstest;
-use wschat_testkit::{ServerEvent, TestServer};
+use wschat_testkit::{ClientBuilder, ServerEvent, TestServer};
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
@@ -139,6 +139,21 @@ async fn origin_is_checked_before_the_token() {
     assert_eq!(rejected.status, 403);
 }
 
+/// `attempt` asking for `room` and `name` where they are given.
+fn with_room_and_name(
+    mut attempt: ClientBuilder,
+    room: Option<&str>,
+    name: Option<&str>,
+) -> ClientBuilder {
+    if let Some(room) = room {
+        attempt = attempt.room(room);
+    }
+    if let Some(name) = name {
+        attempt = attempt.name(name);
+    }
+    attempt
+}
+
 #[rstest]
 #[case::bad_room(Some("a b"), None)]
 #[case::bad_name(None, Some("<b>x</b>"))]
@@ -148,14 +163,9 @@ async fn the_token_is_checked_before_room_and_name(
     #[case] name: Option<&str>,
 ) {
     let server = TestServer::start().await;
-    let mut attempt = server.client().token("wrong");
-    if let Some(room) = room {
-        attempt = attempt.room(room);
-    }
-    if let Some(name) = name {
-        attempt = attempt.name(name);
-    }
-    let rejected = attempt.connect_rejected().await;
+    let rejected = with_room_and_name(server.client().token("wrong"), room, name)
+        .connect_rejected()
+        .await;
     assert_eq!(rejected.status, 401);
     assert_eq!(rejected.body, "invalid token");
 }
@@ -175,14 +185,9 @@ async fn invalid_room_or_name_is_400_naming_which(
     #[case] body_starts: &str,
 ) {
     let server = TestServer::start().await;
-    let mut attempt = server.client();
-    if let Some(room) = room {
-        attempt = attempt.room(room);
-    }
-    if let Some(name) = name {
-        attempt = attempt.name(name);
-    }
-    let rejected = attempt.connect_rejected().await;
+    let rejected = with_room_and_name(server.client(), room, name)
+        .connect_rejected()
+        .await;
     assert_eq!(rejected.status, 400);
     assert!(
         rejected.body.starts_with(body_starts),
