@@ -133,6 +133,21 @@ pub async fn accept_with_welcome(
     Ok(accept_socket(taken, limits).await)
 }
 
+/// Every reason a connection can end for, as logged and counted: `/metrics` shows each at 0
+/// from the first scrape.
+pub const DISCONNECT_REASONS: [&str; 10] = [
+    "client_closed",
+    "connection_lost",
+    "shutdown",
+    "slow_consumer",
+    "idle",
+    "too_big",
+    "binary",
+    "invalid_utf8",
+    "protocol_error",
+    "rate_limited",
+];
+
 /// Why a connection ended; decides the close frame and the log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Ending {
@@ -170,6 +185,7 @@ impl Ending {
         matches!(self, Ending::TooBig | Ending::ProtocolError)
     }
 
+    /// One of [`DISCONNECT_REASONS`].
     fn label(&self) -> &'static str {
         match self {
             Ending::ClientClosed(_) => "client_closed",
@@ -596,4 +612,42 @@ pub async fn close_immediately(mut socket: Socket, reason: &'static str) {
         }
     };
     let _ = timeout(CLOSE_HANDSHAKE_TIMEOUT, handshake).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disconnect_reasons_lists_every_ending_once() {
+        let every = [
+            Ending::ClientClosed(None),
+            Ending::Gone,
+            Ending::Shutdown,
+            Ending::SlowConsumer,
+            Ending::Idle,
+            Ending::TooBig,
+            Ending::Binary,
+            Ending::BadUtf8,
+            Ending::ProtocolError,
+            Ending::Flooding,
+        ];
+        // Exhaustive on purpose: a new variant stops this compiling until it is listed above.
+        for ending in &every {
+            match ending {
+                Ending::ClientClosed(_)
+                | Ending::Gone
+                | Ending::Shutdown
+                | Ending::SlowConsumer
+                | Ending::Idle
+                | Ending::TooBig
+                | Ending::Binary
+                | Ending::BadUtf8
+                | Ending::ProtocolError
+                | Ending::Flooding => {}
+            }
+        }
+        let labels: Vec<&str> = every.iter().map(Ending::label).collect();
+        assert_eq!(labels, DISCONNECT_REASONS);
+    }
 }

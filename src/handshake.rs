@@ -141,7 +141,23 @@ impl Rejection {
         self.to_string()
     }
 
-    /// A stable, low-cardinality label for logs and metrics.
+    /// Every value [`Rejection::label`] can return, so `/metrics` can show each at 0 from the
+    /// first scrape.
+    pub const LABELS: [&'static str; 11] = [
+        "bad_request",
+        "unsupported_version",
+        "origin",
+        "missing_token",
+        "invalid_token",
+        "invalid_room",
+        "invalid_name",
+        "name_taken",
+        "too_many_rooms",
+        "capacity",
+        "throttled",
+    ];
+
+    /// A stable, low-cardinality label for logs and metrics; one of [`Rejection::LABELS`].
     pub fn label(self) -> &'static str {
         match self {
             Rejection::NotWebSocket(_) => "bad_request",
@@ -159,11 +175,13 @@ impl Rejection {
     }
 }
 
-/// Whether a request asks to become a WebSocket at all; such requests go through [`decide`]
-/// (and get a `400` if their upgrade is malformed) instead of being served the page.
+/// Whether a request asks to become a WebSocket at all (`Upgrade: websocket`); such requests
+/// go through [`decide`] (and get a `400` if their upgrade is malformed) instead of being
+/// served the page. Without it a request is ordinary HTTP, whatever `Sec-WebSocket-*` headers
+/// it carries (RFC 6455 §4.2.1), and an upgrade to another protocol may be ignored
+/// (RFC 9110 §7.8).
 pub fn wants_upgrade<B>(request: &Request<B>) -> bool {
-    let headers = request.headers();
-    headers.contains_key(header::UPGRADE) || headers.contains_key(header::SEC_WEBSOCKET_KEY)
+    header_has_token(request.headers(), header::UPGRADE, "websocket")
 }
 
 /// Runs checks 1 to 4 of SPEC §4, in order; the first that fails decides. `throttled` is how
@@ -410,6 +428,43 @@ mod tests {
 
     const SECRET: &str = "s3cret";
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    #[test]
+    fn labels_lists_every_rejection_once() {
+        let every = [
+            Rejection::NotWebSocket("x"),
+            Rejection::UnsupportedVersion,
+            Rejection::OriginNotAllowed,
+            Rejection::MissingToken,
+            Rejection::InvalidToken,
+            Rejection::InvalidRoom,
+            Rejection::InvalidName,
+            Rejection::NameTaken,
+            Rejection::TooManyRooms,
+            Rejection::AtCapacity,
+            Rejection::Throttled {
+                retry_after_secs: 1,
+            },
+        ];
+        // Exhaustive on purpose: a new variant stops this compiling until it is listed above.
+        for rejection in every {
+            match rejection {
+                Rejection::NotWebSocket(_)
+                | Rejection::UnsupportedVersion
+                | Rejection::OriginNotAllowed
+                | Rejection::MissingToken
+                | Rejection::InvalidToken
+                | Rejection::InvalidRoom
+                | Rejection::InvalidName
+                | Rejection::NameTaken
+                | Rejection::TooManyRooms
+                | Rejection::AtCapacity
+                | Rejection::Throttled { .. } => {}
+            }
+        }
+        let labels: Vec<&str> = every.iter().map(|r| r.label()).collect();
+        assert_eq!(labels, Rejection::LABELS);
+    }
 
     fn policy(mode: AuthFailureMode) -> Policy {
         Policy {

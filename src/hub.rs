@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::handshake::Rejection;
 use crate::metrics::Metrics;
-use crate::protocol::{ChatMessage, ServerEvent};
+use crate::protocol::{encode_welcome, ChatMessage, ServerEvent};
 
 /// Limits the hub enforces.
 #[derive(Debug, Clone, Copy)]
@@ -63,7 +63,8 @@ struct RoomState {
     /// Names promised to handshakes that have not finished upgrading yet.
     reserved: HashSet<String>,
     next_id: u64,
-    history: VecDeque<ChatMessage>,
+    /// The room's recent `message` frames, exactly as broadcast: a welcome embeds these bytes.
+    history: VecDeque<Utf8Bytes>,
     last_active: Instant,
 }
 
@@ -198,10 +199,10 @@ impl RoomState {
         self.members.is_empty() && self.reserved.is_empty()
     }
 
-    fn member_names(&self) -> Vec<String> {
+    fn member_names(&self) -> Vec<&str> {
         self.members
             .iter()
-            .map(|member| member.name.clone())
+            .map(|member| member.name.as_str())
             .collect()
     }
 
@@ -295,12 +296,12 @@ impl Reservation {
             events: events_tx,
         });
         state.last_active = Instant::now();
-        let welcome = ServerEvent::Welcome {
-            user: name.clone(),
-            room: room_name,
-            members: state.member_names(),
-            history: state.history.iter().cloned().collect(),
-        };
+        let welcome = encode_welcome(
+            &name,
+            &room_name,
+            &state.member_names(),
+            state.history.iter().map(Utf8Bytes::as_str),
+        );
         drop(state);
 
         Joined {
@@ -310,7 +311,7 @@ impl Reservation {
                 connection,
                 name,
             },
-            welcome: encode(&welcome),
+            welcome: Utf8Bytes::from(welcome),
             events,
         }
     }
@@ -366,14 +367,14 @@ impl Membership {
         };
         state.next_id += 1;
         state.last_active = Instant::now();
+        let frame = encode(&ServerEvent::Message(message));
         let history = self.hub.inner.limits.history;
         if history > 0 {
             if state.history.len() >= history {
                 state.history.pop_front();
             }
-            state.history.push_back(message.clone());
+            state.history.push_back(frame.clone());
         }
-        let frame = encode(&ServerEvent::Message(message));
         let Broadcast { delivered, backlog } = state.broadcast(&self.room.name, frame);
         drop(state);
         metrics.messages_delivered(delivered);

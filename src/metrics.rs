@@ -12,6 +12,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::connection::DISCONNECT_REASONS;
+use crate::handshake::Rejection;
+
 /// The media type of the OpenMetrics text that `prometheus-client` writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -84,6 +87,14 @@ impl Metrics {
             "Messages refused by the rate limit",
             rate_limited.clone(),
         );
+        // Every known label value at 0 from the first scrape, so `rate()` and alerts see a
+        // quiet series instead of no data.
+        for reason in Rejection::LABELS {
+            drop(rejected.get_or_create(&ReasonLabel { reason }));
+        }
+        for reason in DISCONNECT_REASONS {
+            drop(disconnects.get_or_create(&ReasonLabel { reason }));
+        }
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -148,6 +159,28 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fresh_registry_shows_every_family_and_reason_at_zero() {
+        let text = Metrics::new().render();
+        for family in [
+            "wschat_connections 0",
+            "wschat_connections_accepted_total 0",
+            "wschat_messages_received_total 0",
+            "wschat_messages_delivered_total 0",
+            "wschat_messages_rate_limited_total 0",
+        ] {
+            assert!(text.contains(family), "{family} in:\n{text}");
+        }
+        for reason in Rejection::LABELS {
+            let series = format!(r#"wschat_handshakes_rejected_total{{reason="{reason}"}} 0"#);
+            assert!(text.contains(&series), "{series} in:\n{text}");
+        }
+        for reason in DISCONNECT_REASONS {
+            let series = format!(r#"wschat_disconnects_total{{reason="{reason}"}} 0"#);
+            assert!(text.contains(&series), "{series} in:\n{text}");
+        }
+    }
 
     #[test]
     fn renders_counters_with_reasons() {

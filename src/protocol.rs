@@ -28,7 +28,9 @@ pub enum ServerEvent {
         room: String,
         /// Current members of the room, including the new one, in the order they joined.
         members: Vec<String>,
-        /// The room's most recent messages, oldest first.
+        /// The room's most recent messages, oldest first, each exactly as its members received
+        /// it: a `message` event, `"type":"message"` included, so one handler serves both.
+        #[serde(with = "message_events")]
         history: Vec<ChatMessage>,
     },
     Message(ChatMessage),
@@ -81,17 +83,20 @@ pub enum ClientFrame {
 ///
 /// A JSON object whose `type` is a string is a command; anything else, including JSON that is
 /// not such an object, is the message text itself, so `websocat` and minimal clients just work.
+/// Line-oriented clients end every frame with the line break of the line they read; that one
+/// break (`\n` or `\r\n`) is not part of the message, while breaks inside it are.
 pub fn parse_client_frame(text: &str) -> ClientFrame {
+    let plain = || ClientFrame::Say(strip_final_line_break(text).to_owned());
     // Cheap pre-check: only frames that look like a JSON object pay for a parse.
     if !text.trim_start().starts_with('{') {
-        return ClientFrame::Say(text.to_owned());
+        return plain();
     }
     let Ok(serde_json::Value::Object(object)) = serde_json::from_str::<serde_json::Value>(text)
     else {
-        return ClientFrame::Say(text.to_owned());
+        return plain();
     };
     let Some(kind) = object.get("type").and_then(|value| value.as_str()) else {
-        return ClientFrame::Say(text.to_owned());
+        return plain();
     };
     let kind = kind.to_owned();
     match serde_json::from_value::<ClientCommand>(serde_json::Value::Object(object)) {
@@ -103,12 +108,94 @@ pub fn parse_client_frame(text: &str) -> ClientFrame {
     }
 }
 
+/// `text` less the one line break (`\n` or `\r\n`) that ends it, if any.
+fn strip_final_line_break(text: &str) -> &str {
+    text.strip_suffix('\n')
+        .map_or(text, |line| line.strip_suffix('\r').unwrap_or(line))
+}
+
 impl ServerEvent {
     /// Serializes the event to its JSON text.
     pub fn to_json(&self) -> String {
         // Serializing these plain structs cannot fail: no maps with non-string keys, no
         // fallible `Serialize` impls.
         serde_json::to_string(self).unwrap_or_else(|_| unreachable!("ServerEvent is plain data"))
+    }
+}
+
+/// Writes the `welcome` event around `history`, the room's `message` frames exactly as they
+/// were broadcast, without parsing or serializing them again.
+///
+/// The result is the same JSON text `ServerEvent::Welcome::to_json` gives for the same
+/// messages (a unit test holds the two together), so the wire has one serialization of a
+/// message, and the history a newcomer gets is byte for byte what the members got.
+pub fn encode_welcome<'a>(
+    user: &str,
+    room: &str,
+    members: &[impl AsRef<str>],
+    history: impl IntoIterator<Item = &'a str>,
+) -> String {
+    #[derive(Serialize)]
+    struct Head<'a> {
+        r#type: &'static str,
+        user: &'a str,
+        room: &'a str,
+        members: Vec<&'a str>,
+    }
+    let head = Head {
+        r#type: "welcome",
+        user,
+        room,
+        members: members.iter().map(AsRef::as_ref).collect(),
+    };
+    let mut json = serde_json::to_string(&head).unwrap_or_else(|_| unreachable!("plain data"));
+    // Reopen the object to append the history array.
+    json.pop();
+    json.push_str(",\"history\":[");
+    for (index, frame) in history.into_iter().enumerate() {
+        if index > 0 {
+            json.push(',');
+        }
+        json.push_str(frame);
+    }
+    json.push_str("]}");
+    json
+}
+
+/// Serde for `welcome.history`: each entry is a whole `message` event, tagged like any other,
+/// and a history entry of another type (or untagged) does not parse.
+mod message_events {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::ChatMessage;
+
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum Tagged<'a> {
+        Message(&'a ChatMessage),
+    }
+
+    #[derive(Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum Owned {
+        Message(ChatMessage),
+    }
+
+    pub fn serialize<S: Serializer>(
+        history: &[ChatMessage],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(history.iter().map(Tagged::Message))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<ChatMessage>, D::Error> {
+        let tagged = Vec::<Owned>::deserialize(deserializer)?;
+        Ok(tagged
+            .into_iter()
+            .map(|Owned::Message(message)| message)
+            .collect())
     }
 }
 
@@ -177,6 +264,89 @@ mod tests {
         assert_eq!(
             error.to_json(),
             r#"{"type":"error","code":"rate_limited","message":"slow down"}"#
+        );
+    }
+
+    fn message(id: u64, text: &str) -> ChatMessage {
+        ChatMessage {
+            id,
+            room: "lobby".into(),
+            user: "alice".into(),
+            text: text.into(),
+            ts: 1_764_000_000_000 + id,
+        }
+    }
+
+    #[test]
+    fn plain_text_loses_only_the_line_break_that_ends_it() {
+        for (frame, text) in [
+            ("hello bob\n", "hello bob"),
+            ("hello bob\r\n", "hello bob"),
+            ("two\nlines\n", "two\nlines"),
+            ("two\nlines", "two\nlines"),
+            ("blank line after\n\n", "blank line after\n"),
+            ("lone cr\r", "lone cr\r"),
+            ("{\"text\":\"x\"}\n", "{\"text\":\"x\"}"),
+        ] {
+            assert_eq!(
+                parse_client_frame(frame),
+                ClientFrame::Say(text.into()),
+                "{frame:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_say_command_keeps_its_text_as_written() {
+        assert_eq!(
+            parse_client_frame(r#"{"type":"say","text":"hi\n"}"#),
+            ClientFrame::Say("hi\n".into())
+        );
+    }
+
+    #[test]
+    fn history_entries_are_message_events_byte_for_byte() {
+        let history = [message(1, "one"), message(2, "two \"quoted\"")];
+        let frames: Vec<String> = history
+            .iter()
+            .map(|m| ServerEvent::Message(m.clone()).to_json())
+            .collect();
+        let spliced = encode_welcome(
+            "bob",
+            "lobby",
+            &["alice", "bob"],
+            frames.iter().map(String::as_str),
+        );
+        let welcome = ServerEvent::Welcome {
+            user: "bob".into(),
+            room: "lobby".into(),
+            members: vec!["alice".into(), "bob".into()],
+            history: history.to_vec(),
+        };
+        assert_eq!(spliced, welcome.to_json());
+        for frame in &frames {
+            assert!(spliced.contains(frame.as_str()), "{spliced}");
+        }
+        assert_eq!(
+            serde_json::from_str::<ServerEvent>(&spliced).unwrap(),
+            welcome
+        );
+    }
+
+    #[test]
+    fn a_welcome_with_untagged_history_does_not_parse() {
+        let untagged = r#"{"type":"welcome","user":"b","room":"r","members":["b"],"history":[{"id":1,"room":"r","user":"a","text":"x","ts":1}]}"#;
+        assert!(serde_json::from_str::<ServerEvent>(untagged).is_err());
+        let joined = r#"{"type":"welcome","user":"b","room":"r","members":["b"],"history":[{"type":"join","room":"r","user":"a","ts":1}]}"#;
+        assert!(serde_json::from_str::<ServerEvent>(joined).is_err());
+    }
+
+    #[test]
+    fn an_empty_history_is_an_empty_array() {
+        let none: [&str; 0] = [];
+        assert_eq!(
+            encode_welcome("a", "r", &["a"], none),
+            r#"{"type":"welcome","user":"a","room":"r","members":["a"],"history":[]}"#
         );
     }
 }

@@ -119,6 +119,35 @@ async fn welcome_carries_the_most_recent_history_oldest_first() {
     assert_eq!(ids, [3, 4, 5]);
 }
 
+/// SPEC §5: history holds the room's `message` events exactly as members received them, so
+/// one handler serves both: the same bytes, `"type":"message"` included.
+#[tokio::test]
+async fn history_entries_are_the_message_frames_members_received() {
+    let server = TestServer::start().await;
+    let mut poster = server.client().name("poster").connect_ok().await;
+    let mut received = Vec::new();
+    for text in ["first", "with \"quotes\" and ünïcode"] {
+        poster.send_text(text).await;
+        received.push(poster.recv_text().await);
+    }
+    let late = server.client().name("late").connect_ok().await;
+    let welcome: serde_json::Value = serde_json::from_str(late.welcome_json()).unwrap();
+    let history = welcome["history"].as_array().expect("history is an array");
+    assert_eq!(history.len(), 2, "{welcome}");
+    for (entry, frame) in history.iter().zip(&received) {
+        assert_eq!(entry["type"], "message", "{entry}");
+        let as_received: serde_json::Value = serde_json::from_str(frame).unwrap();
+        assert_eq!(entry, &as_received);
+    }
+    let spliced = received.join(",");
+    assert!(
+        late.welcome_json()
+            .contains(&format!(r#""history":[{spliced}]"#)),
+        "byte for byte: {}",
+        late.welcome_json()
+    );
+}
+
 #[tokio::test]
 async fn history_survives_while_the_room_is_empty() {
     let server = TestServer::start().await;
@@ -168,6 +197,11 @@ async fn a_newcomer_does_not_hear_its_own_join() {
 
 #[rstest]
 #[case::plain_text("hello there", "hello there")]
+#[case::line_from_websocat("hello bob\n", "hello bob")]
+#[case::line_ending_crlf("hello bob\r\n", "hello bob")]
+#[case::only_the_final_break_goes("two\nlines\n", "two\nlines")]
+#[case::inner_breaks_stay("one\r\ntwo", "one\r\ntwo")]
+#[case::json_without_type_and_a_break("{\"text\":\"raw\"}\n", r#"{"text":"raw"}"#)]
 #[case::say_command(r#"{"type":"say","text":"from json"}"#, "from json")]
 #[case::json_without_type(r#"{"text":"raw"}"#, r#"{"text":"raw"}"#)]
 #[case::json_array("[1,2,3]", "[1,2,3]")]
@@ -189,6 +223,8 @@ async fn text_frames_post_messages(#[case] frame: &str, #[case] posted: &str) {
 #[case::blank_say(r#"{"type":"say","text":" \t\n"}"#, ErrorCode::EmptyMessage)]
 #[case::blank_text("   ", ErrorCode::EmptyMessage)]
 #[case::empty_text("", ErrorCode::EmptyMessage)]
+#[case::only_a_line_break("\n", ErrorCode::EmptyMessage)]
+#[case::only_a_crlf("\r\n", ErrorCode::EmptyMessage)]
 #[tokio::test]
 async fn bad_commands_get_an_error_and_the_connection_stays_open(
     #[case] frame: &str,

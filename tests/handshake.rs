@@ -25,7 +25,6 @@ fn upgrade_headers<'a>(without: &[&str], extra: &[(&'a str, &'a str)]) -> Vec<(&
 #[rstest]
 #[case::no_connection_upgrade(&["Connection"], &[], 400, "bad_request")]
 #[case::connection_without_upgrade_token(&["Connection"], &[("Connection", "keep-alive")], 400, "bad_request")]
-#[case::upgrade_to_something_else(&["Upgrade"], &[("Upgrade", "h2c")], 400, "bad_request")]
 #[case::no_key(&["Sec-WebSocket-Key"], &[], 400, "bad_request")]
 #[case::malformed_key(&["Sec-WebSocket-Key"], &[("Sec-WebSocket-Key", "not-a-key")], 400, "bad_request")]
 #[case::no_version(&["Sec-WebSocket-Version"], &[], 426, "unsupported_version")]

@@ -38,6 +38,73 @@ async fn routes(
     }
 }
 
+/// Without `Upgrade: websocket` a request is ordinary HTTP (RFC 6455 §4.2.1, RFC 9110 §7.8):
+/// `GET /` gets the page, whatever WebSocket headers come with it.
+#[rstest]
+#[case::only_a_key(&[("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")])]
+#[case::every_websocket_header_but_upgrade(&[
+    ("Connection", "Upgrade"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ("Sec-WebSocket-Version", "13"),
+])]
+#[case::upgrade_to_another_protocol(&[
+    ("Connection", "Upgrade"),
+    ("Upgrade", "h2c"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ("Sec-WebSocket-Version", "13"),
+])]
+#[tokio::test]
+async fn a_get_without_upgrade_websocket_gets_the_page(#[case] headers: &[(&str, &str)]) {
+    let server = TestServer::start().await;
+    let path = format!("/?token={}", server.token());
+    let response = server.http("GET", &path, headers).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.headers["content-type"], "text/html; charset=utf-8");
+    assert!(response.body.contains("<title>wschat</title>"));
+    let metrics = server.metrics().render();
+    assert!(
+        metrics.contains("wschat_connections_accepted_total 0"),
+        "{metrics}"
+    );
+}
+
+/// SPEC §7: every family is there from the first scrape, each known label value at 0, so a
+/// dashboard sees a quiet server rather than "no data".
+#[tokio::test]
+async fn a_fresh_server_shows_every_metric_family_at_zero() {
+    let server = TestServer::start().await;
+    let metrics = server.http("GET", "/metrics", &[]).await.body;
+    let mut expected = vec![
+        "wschat_connections 0".to_owned(),
+        "wschat_connections_accepted_total 0".to_owned(),
+        "wschat_messages_received_total 0".to_owned(),
+        "wschat_messages_delivered_total 0".to_owned(),
+        "wschat_messages_rate_limited_total 0".to_owned(),
+    ];
+    for reason in wschat::handshake::Rejection::LABELS {
+        expected.push(format!(
+            r#"wschat_handshakes_rejected_total{{reason="{reason}"}} 0"#
+        ));
+    }
+    for reason in [
+        "slow_consumer",
+        "idle",
+        "rate_limited",
+        "client_closed",
+        "shutdown",
+    ] {
+        expected.push(format!(
+            r#"wschat_disconnects_total{{reason="{reason}"}} 0"#
+        ));
+    }
+    for series in &expected {
+        assert!(
+            metrics.lines().any(|line| line == series),
+            "{series} in:\n{metrics}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn healthz_says_ok() {
     let server = TestServer::start().await;

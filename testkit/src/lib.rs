@@ -46,7 +46,7 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
@@ -488,14 +488,22 @@ impl ClientBuilder {
             socket,
             timeout: self.timeout,
             welcome: None,
+            welcome_json: String::new(),
         };
-        match client.next_frame("the welcome event").await {
-            Frame::Event(ServerEvent::Welcome {
-                user,
-                room,
-                members,
-                history,
-            }) => {
+        let first = client.next_frame("the welcome event").await;
+        if let Frame::Event(_, json) = &first {
+            client.welcome_json = json.to_string();
+        }
+        match first {
+            Frame::Event(
+                ServerEvent::Welcome {
+                    user,
+                    room,
+                    members,
+                    history,
+                },
+                _,
+            ) => {
                 client.welcome = Some(Welcome {
                     user,
                     room,
@@ -504,7 +512,7 @@ impl ClientBuilder {
                 });
                 Ok(client)
             }
-            Frame::Event(other) => Err(ConnectError::Failed(format!(
+            Frame::Event(other, _) => Err(ConnectError::Failed(format!(
                 "first event was not welcome but {other:?}"
             ))),
             Frame::Close(code, reason) => Err(ConnectError::Closed { code, reason }),
@@ -610,7 +618,8 @@ pub struct Welcome {
 }
 
 enum Frame {
-    Event(ServerEvent),
+    /// An event, and the text frame it was read from.
+    Event(ServerEvent, Utf8Bytes),
     Close(u16, String),
     Ended(String),
 }
@@ -620,6 +629,7 @@ pub struct Client {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
     timeout: Duration,
     welcome: Option<Welcome>,
+    welcome_json: String,
 }
 
 impl Client {
@@ -628,6 +638,11 @@ impl Client {
         self.welcome
             .as_ref()
             .unwrap_or_else(|| unreachable!("set by connect"))
+    }
+
+    /// The `welcome` frame exactly as the server sent it.
+    pub fn welcome_json(&self) -> &str {
+        &self.welcome_json
     }
 
     /// The name the server gave this client.
@@ -656,8 +671,18 @@ impl Client {
 
     /// The next event, whatever its type.
     pub async fn recv(&mut self) -> ServerEvent {
+        self.recv_with_text().await.0
+    }
+
+    /// The next event's text frame exactly as the server sent it (checked to be a valid
+    /// event), for tests about the bytes on the wire.
+    pub async fn recv_text(&mut self) -> String {
+        self.recv_with_text().await.1.to_string()
+    }
+
+    async fn recv_with_text(&mut self) -> (ServerEvent, Utf8Bytes) {
         match self.next_frame("the next event").await {
-            Frame::Event(event) => event,
+            Frame::Event(event, text) => (event, text),
             Frame::Close(code, reason) => {
                 panic!("expected an event, but the server closed with {code} ({reason:?})")
             }
@@ -693,7 +718,7 @@ impl Client {
     pub async fn expect_close(&mut self) -> (u16, String) {
         loop {
             match self.next_frame("a close frame").await {
-                Frame::Event(_) => continue,
+                Frame::Event(..) => continue,
                 Frame::Close(code, reason) => return (code, reason),
                 Frame::Ended(why) => panic!("expected a close frame, but {why}"),
             }
@@ -704,7 +729,7 @@ impl Client {
     pub async fn expect_silence(&mut self, period: Duration) {
         match timeout(period, self.next_frame_untimed()).await {
             Err(_) => {}
-            Ok(Frame::Event(event)) => panic!("expected silence, got {event:?}"),
+            Ok(Frame::Event(event, _)) => panic!("expected silence, got {event:?}"),
             Ok(Frame::Close(code, reason)) => {
                 panic!("expected silence, got close {code} ({reason:?})")
             }
@@ -741,7 +766,7 @@ impl Client {
             match self.socket.next().await {
                 Some(Ok(Message::Text(text))) => {
                     return match serde_json::from_str::<ServerEvent>(&text) {
-                        Ok(event) => Frame::Event(event),
+                        Ok(event) => Frame::Event(event, text),
                         Err(error) => Frame::Ended(format!("the server sent {text:?}: {error}")),
                     };
                 }
