@@ -63,6 +63,39 @@ impl fmt::Debug for Token {
     }
 }
 
+/// Where the cluster's Redis is (SPEC §11): `redis://`, `rediss://` or `unix://`. It may hold a
+/// password, so its `Debug` shows only the scheme.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// The schemes the cluster connects with.
+    pub const SCHEMES: [&'static str; 3] = ["redis://", "rediss://", "unix://"];
+
+    pub fn new(url: impl Into<String>) -> Result<Self, ConfigError> {
+        let url = url.into();
+        if !Self::SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
+            return Err(ConfigError::RedisUrl);
+        }
+        // The client's parser decides; its message names the problem, not the URL.
+        redis::Client::open(url.as_str())
+            .map_err(|error| ConfigError::RedisUrlInvalid(error.to_string()))?;
+        Ok(Self(url))
+    }
+
+    /// The URL itself, for the Redis client only: never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = self.0.split("://").next().unwrap_or_default();
+        write!(f, "RedisUrl({scheme}://REDACTED)")
+    }
+}
+
 /// How a handshake that fails the token check is answered (SPEC §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthFailureMode {
@@ -105,6 +138,12 @@ pub struct Config {
     /// brute-force throttling off.
     pub auth_fail_limit: u32,
     pub auth_fail_window: Duration,
+    /// Join the cluster on this Redis (SPEC §11); `None` runs the in-memory single node.
+    pub redis_url: Option<RedisUrl>,
+    /// How long Redis keeps a room's history and sequence after its last activity.
+    pub history_ttl: Duration,
+    /// How long a node may go without renewing its lease before the others remove its members.
+    pub node_timeout: Duration,
 }
 
 impl Default for Config {
@@ -127,6 +166,9 @@ impl Default for Config {
             auth_failure: AuthFailureMode::Http,
             auth_fail_limit: 20,
             auth_fail_window: Duration::from_secs(60),
+            redis_url: None,
+            history_ttl: Duration::from_secs(24 * 60 * 60),
+            node_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -162,6 +204,12 @@ pub enum ConfigError {
     MustBePositive { name: &'static str },
     #[error("--rate-burst must be at least 1 when --rate-limit is on")]
     ZeroBurst,
+    #[error("--redis-url must start with redis://, rediss:// or unix://")]
+    RedisUrl,
+    #[error("--redis-url is not usable: {0}")]
+    RedisUrlInvalid(String),
+    #[error("--node-timeout must be at least 1s")]
+    NodeTimeoutTooShort,
     #[error("{name} must be at most {max}")]
     TooLarge {
         name: &'static str,
@@ -172,6 +220,9 @@ pub enum ConfigError {
 /// The longest duration any option accepts: far beyond any sensible timeout, and far from the
 /// point where adding it to the clock would overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// The shortest `--node-timeout`.
+pub const MIN_NODE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The most connections `--max-connections` accepts: beyond any file-descriptor limit, and
 /// within what a semaphore can count.
@@ -200,6 +251,7 @@ impl Config {
             ("--idle-timeout", self.idle_timeout.as_millis()),
             ("--handshake-timeout", self.handshake_timeout.as_millis()),
             ("--auth-fail-window", self.auth_fail_window.as_millis()),
+            ("--history-ttl", self.history_ttl.as_millis()),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::MustBePositive { name });
@@ -219,9 +271,16 @@ impl Config {
             ("--handshake-timeout", self.handshake_timeout),
             ("--shutdown-grace", self.shutdown_grace),
             ("--auth-fail-window", self.auth_fail_window),
+            ("--history-ttl", self.history_ttl),
+            ("--node-timeout", self.node_timeout),
         ];
         if let Some((name, _)) = durations.iter().find(|(_, value)| *value > MAX_DURATION) {
             return Err(ConfigError::TooLarge { name, max: "365d" });
+        }
+        // The lease is renewed three times per timeout; below a second that is busy work,
+        // and a short pause of the process would get its members removed.
+        if self.node_timeout < MIN_NODE_TIMEOUT {
+            return Err(ConfigError::NodeTimeoutTooShort);
         }
         Ok(())
     }
@@ -326,6 +385,21 @@ pub struct Cli {
     pub auth_fail_window: Duration,
     #[arg(long, value_enum, env = "WSCHAT_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Join a cluster of nodes on this Redis (redis://, rediss:// or unix://) [default: a
+    /// single node, in memory]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "WSCHAT_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+    /// How long Redis keeps a room's history after its last message, join or leave
+    #[arg(long, value_name = "DURATION", env = "WSCHAT_HISTORY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub history_ttl: Duration,
+    /// How long a silent node keeps its members before the other nodes remove them
+    #[arg(long, value_name = "DURATION", env = "WSCHAT_NODE_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub node_timeout: Duration,
 }
 
 impl Cli {
@@ -385,6 +459,9 @@ impl Cli {
             auth_failure: self.auth_failure,
             auth_fail_limit: self.auth_fail_limit,
             auth_fail_window: self.auth_fail_window,
+            redis_url: self.redis_url.map(RedisUrl::new).transpose()?,
+            history_ttl: self.history_ttl,
+            node_timeout: self.node_timeout,
         };
         config.validate()?;
         Ok(config)

@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::hub::{Backlog, Joined, Membership, NotAMember};
+use crate::hub::{Backlog, Joined, Membership, SayError};
 use crate::log_format::PeerAddr;
 use crate::metrics::Metrics;
 use crate::protocol::{parse_client_frame, ClientFrame, ErrorCode, ServerEvent};
@@ -437,7 +437,7 @@ impl Connection {
                         continue;
                     }
                     refused_in_a_row = 0;
-                    match self.handle_text(text.as_str()) {
+                    match self.handle_text(text.as_str()).await {
                         // Frames already buffered would otherwise be read and posted without a
                         // pause. Once some member's queue is half full, yielding lets the
                         // members catch up first, so a client pipelining thousands of frames
@@ -448,7 +448,13 @@ impl Connection {
                         Ok(Reply::Error(error)) => if let Err(ending) = self.write(Some(error)).await {
                             return ending;
                         },
-                        Err(NotAMember) => return Ending::SlowConsumer,
+                        Err(SayError::NotAMember) => return Ending::SlowConsumer,
+                        Err(SayError::Unavailable) => {
+                            let error = error_event(ErrorCode::Unavailable, "the chat is unavailable; the message was not posted");
+                            if let Err(ending) = self.write(Some(error)).await {
+                                return ending;
+                            }
+                        }
                     }
                 }
             }
@@ -456,12 +462,12 @@ impl Connection {
     }
 
     /// Acts on one text frame.
-    fn handle_text(&self, text: &str) -> Result<Reply, NotAMember> {
+    async fn handle_text(&self, text: &str) -> Result<Reply, SayError> {
         Ok(match parse_client_frame(text) {
             ClientFrame::Say(text) if text.trim().is_empty() => {
                 Reply::Error(error_event(ErrorCode::EmptyMessage, "message is empty"))
             }
-            ClientFrame::Say(text) => Reply::Posted(self.membership.say(text)?),
+            ClientFrame::Say(text) => Reply::Posted(self.membership.say(text).await?),
             ClientFrame::BadRequest(reason) => {
                 Reply::Error(error_event(ErrorCode::BadRequest, &reason))
             }
@@ -599,11 +605,11 @@ fn error_event(code: ErrorCode, message: &str) -> Message {
     )
 }
 
-/// Upgrades, sends only close 1008 with `reason`, and drops the connection (auth-failure mode
-/// `close`).
-pub async fn close_immediately(mut socket: Socket, reason: &'static str) {
+/// Sends only a close frame with `code` and `reason`, and drops the connection: auth-failure
+/// mode `close` (1008), or a cluster node that lost Redis during the upgrade (1013).
+pub async fn close_immediately(mut socket: Socket, code: CloseCode, reason: &'static str) {
     let frame = CloseFrame {
-        code: CloseCode::Policy,
+        code,
         reason: reason.into(),
     };
     let handshake = async {

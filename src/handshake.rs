@@ -77,6 +77,9 @@ pub enum Rejection {
     TooManyRooms,
     #[error("server at capacity")]
     AtCapacity,
+    /// A cluster node that cannot reach its Redis admits nobody (SPEC §11).
+    #[error("redis unavailable")]
+    Unavailable,
     #[error("too many failed attempts; try again later")]
     Throttled { retry_after_secs: u64 },
 }
@@ -95,7 +98,9 @@ impl Rejection {
             Rejection::OriginNotAllowed => StatusCode::FORBIDDEN,
             Rejection::MissingToken | Rejection::InvalidToken => StatusCode::UNAUTHORIZED,
             Rejection::NameTaken => StatusCode::CONFLICT,
-            Rejection::TooManyRooms | Rejection::AtCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::TooManyRooms | Rejection::AtCapacity | Rejection::Unavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Rejection::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -122,7 +127,7 @@ impl Rejection {
                     HeaderValue::from_static(r#"Bearer realm="wschat", error="invalid_token""#),
                 );
             }
-            Rejection::TooManyRooms | Rejection::AtCapacity => {
+            Rejection::TooManyRooms | Rejection::AtCapacity | Rejection::Unavailable => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECS),
@@ -143,7 +148,7 @@ impl Rejection {
 
     /// Every value [`Rejection::label`] can return, so `/metrics` can show each at 0 from the
     /// first scrape.
-    pub const LABELS: [&'static str; 11] = [
+    pub const LABELS: [&'static str; 12] = [
         "bad_request",
         "unsupported_version",
         "origin",
@@ -154,6 +159,7 @@ impl Rejection {
         "name_taken",
         "too_many_rooms",
         "capacity",
+        "unavailable",
         "throttled",
     ];
 
@@ -170,6 +176,7 @@ impl Rejection {
             Rejection::NameTaken => "name_taken",
             Rejection::TooManyRooms => "too_many_rooms",
             Rejection::AtCapacity => "capacity",
+            Rejection::Unavailable => "unavailable",
             Rejection::Throttled { .. } => "throttled",
         }
     }
@@ -442,6 +449,7 @@ mod tests {
             Rejection::NameTaken,
             Rejection::TooManyRooms,
             Rejection::AtCapacity,
+            Rejection::Unavailable,
             Rejection::Throttled {
                 retry_after_secs: 1,
             },
@@ -459,6 +467,7 @@ mod tests {
                 | Rejection::NameTaken
                 | Rejection::TooManyRooms
                 | Rejection::AtCapacity
+                | Rejection::Unavailable
                 | Rejection::Throttled { .. } => {}
             }
         }

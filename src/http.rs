@@ -136,9 +136,10 @@ pub async fn handle(
         });
     }
     Ok(match request.uri().path() {
-        "/" if handshake::wants_upgrade(&request) => upgrade(request, &state, peer, &slot),
+        "/" if handshake::wants_upgrade(&request) => upgrade(request, &state, peer, &slot).await,
         "/" => page(request.headers()),
-        "/healthz" => plain(StatusCode::OK, "ok"),
+        "/healthz" if state.hub.is_available() => plain(StatusCode::OK, "ok"),
+        "/healthz" => plain(StatusCode::SERVICE_UNAVAILABLE, "redis unavailable"),
         "/metrics" => {
             let mut response = Response::new(Body::from(state.metrics.render()));
             response.headers_mut().insert(
@@ -152,7 +153,7 @@ pub async fn handle(
 }
 
 /// SPEC §4: the checks in order, then `101` with the pending upgrade left in `slot`.
-fn upgrade(
+async fn upgrade(
     mut request: Request<Incoming>,
     state: &AppState,
     peer: SocketAddr,
@@ -201,7 +202,7 @@ fn upgrade(
                 };
                 return reject(rejection);
             };
-            let reservation = match state.hub.reserve(&admission.room, admission.name) {
+            let reservation = match state.hub.reserve(&admission.room, admission.name).await {
                 Ok(reservation) => reservation,
                 Err(rejection) => return reject(rejection),
             };

@@ -1,8 +1,11 @@
-//! Rooms: membership, message ordering, history and fan-out. The seam for a future backend.
+//! Rooms: membership, message ordering, history and fan-out, on one node or a cluster.
 //!
 //! Connections talk to rooms only through `Hub`, `Reservation` and `Membership`; nothing else
-//! knows how rooms are stored, so a multi-node backend can replace this module without touching
-//! connection code.
+//! knows where rooms live. The hub has two backends, chosen at start: `Memory` (one node, the
+//! default) and `Redis` (a cluster, SPEC §11, see `cluster/`). Both feed the same local rooms:
+//! this node's members, their queues, and the serialize-once fan-out. What differs is where ids,
+//! history and presence come from: in memory they are decided here under the room's lock; in a
+//! cluster Redis decides them, and the cluster driver delivers to the local room in id order.
 //!
 //! Ordering: a room's lock is held while a message gets its id and is pushed onto every
 //! member's queue, so all members see one order. Pushing never waits (`try_send` on a bounded
@@ -20,6 +23,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::queue::{event_queue, EventQueue, EventSender, Full, Kick};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::cluster::{Cluster, Unavailable};
 use crate::handshake::Rejection;
 use crate::metrics::Metrics;
 use crate::protocol::{encode_welcome, ChatMessage, ServerEvent};
@@ -44,6 +48,15 @@ struct HubInner {
     metrics: Metrics,
     next_guest: AtomicU64,
     next_connection: AtomicU64,
+    backend: Backend,
+}
+
+/// Where ids, history and presence are decided.
+pub enum Backend {
+    /// Here, in this process: one node.
+    Memory,
+    /// In Redis, shared by every node of the cluster.
+    Redis(Arc<Cluster>),
 }
 
 struct Registry {
@@ -62,6 +75,9 @@ struct RoomState {
     members: Vec<Member>,
     /// Names promised to handshakes that have not finished upgrading yet.
     reserved: HashSet<String>,
+    /// Handshakes waiting for Redis to confirm a name: the room must not be evicted meanwhile.
+    claiming: usize,
+    /// In memory, the id the next message gets; in a cluster, one past the last id delivered.
     next_id: u64,
     /// The room's recent `message` frames, exactly as broadcast: a welcome embeds these bytes.
     history: VecDeque<Utf8Bytes>,
@@ -75,7 +91,7 @@ struct Member {
 }
 
 impl Hub {
-    pub fn new(limits: HubLimits, metrics: Metrics) -> Self {
+    pub fn new(limits: HubLimits, metrics: Metrics, backend: Backend) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 registry: Mutex::new(Registry {
@@ -86,13 +102,71 @@ impl Hub {
                 metrics,
                 next_guest: AtomicU64::new(1),
                 next_connection: AtomicU64::new(1),
+                backend,
             }),
         }
     }
 
+    /// Whether the hub can take members and messages now: always in memory; in a cluster, while
+    /// the Redis link works.
+    pub fn is_available(&self) -> bool {
+        match &self.inner.backend {
+            Backend::Memory => true,
+            Backend::Redis(cluster) => cluster.is_up(),
+        }
+    }
+
     /// Holds `name` (or a fresh `guest-<n>`) in `room` for a handshake about to be upgraded.
-    /// Nobody sees the reservation; `Reservation::join` makes it a member.
-    pub fn reserve(&self, room: &str, name: Option<String>) -> Result<Reservation, Rejection> {
+    /// Nobody sees the reservation; `Reservation::join` makes it a member. In a cluster the
+    /// name is claimed in Redis, so it is unique across every node.
+    pub async fn reserve(
+        &self,
+        room: &str,
+        name: Option<String>,
+    ) -> Result<Reservation, Rejection> {
+        match &self.inner.backend {
+            Backend::Memory => self.reserve_here(room, name),
+            Backend::Redis(cluster) => self.reserve_in_cluster(cluster, room, name).await,
+        }
+    }
+
+    async fn reserve_in_cluster(
+        &self,
+        cluster: &Cluster,
+        room: &str,
+        name: Option<String>,
+    ) -> Result<Reservation, Rejection> {
+        if !cluster.is_up() {
+            return Err(Rejection::Unavailable);
+        }
+        let room = {
+            let mut registry = lock(&self.inner.registry);
+            let room = match registry.rooms.get(room) {
+                Some(existing) => Arc::clone(existing),
+                None => self.create_room(&mut registry, room)?,
+            };
+            let mut state = lock(&room.state);
+            if name.as_ref().is_some_and(|name| state.is_taken(name)) {
+                return Err(Rejection::NameTaken);
+            }
+            state.claiming += 1;
+            drop(state);
+            room
+        };
+        let claimed = cluster.claim(&room.name, name.as_deref()).await;
+        let mut state = lock(&room.state);
+        state.claiming -= 1;
+        let name = claimed?;
+        state.reserved.insert(name.clone());
+        drop(state);
+        Ok(Reservation {
+            hub: self.clone(),
+            room,
+            name: Some(name),
+        })
+    }
+
+    fn reserve_here(&self, room: &str, name: Option<String>) -> Result<Reservation, Rejection> {
         let mut registry = lock(&self.inner.registry);
         let room = match registry.rooms.get(room) {
             Some(existing) => Arc::clone(existing),
@@ -144,12 +218,19 @@ impl Hub {
                 .evict_one_idle_room()
                 .ok_or(Rejection::TooManyRooms)?;
         }
+        // In a cluster, Redis keeps a room's ids; a room new to this node starts from nothing
+        // and learns its last id when it subscribes.
+        let next_id = match self.inner.backend {
+            Backend::Memory => registry.evicted_id_floor,
+            Backend::Redis(_) => 1,
+        };
         let room = Arc::new(Room {
             name: Arc::from(name),
             state: Mutex::new(RoomState {
                 members: Vec::new(),
                 reserved: HashSet::new(),
-                next_id: registry.evicted_id_floor,
+                claiming: 0,
+                next_id,
                 history: VecDeque::new(),
                 last_active: Instant::now(),
             }),
@@ -196,7 +277,7 @@ impl RoomState {
     }
 
     fn is_idle(&self) -> bool {
-        self.members.is_empty() && self.reserved.is_empty()
+        self.members.is_empty() && self.reserved.is_empty() && self.claiming == 0
     }
 
     fn member_names(&self) -> Vec<&str> {
@@ -206,14 +287,24 @@ impl RoomState {
             .collect()
     }
 
-    /// Queues `event` for every member; returns how many got it. Members whose queue is full
-    /// are removed, told to close, and announced as having left; that is repeated until no
-    /// announcement overflows another queue.
-    fn broadcast(&mut self, room: &str, event: Utf8Bytes) -> Broadcast {
+    /// Queues `event` for every member but `except`; returns how many got it. Members whose
+    /// queue is full are removed and told to close. In memory they are announced as having left
+    /// (repeated until no announcement overflows another queue); in a cluster their names are
+    /// released in Redis, whose `leave` reaches every node, this one included.
+    fn broadcast(
+        &mut self,
+        room: &Arc<str>,
+        event: Utf8Bytes,
+        except: Option<&str>,
+        backend: &Backend,
+    ) -> Broadcast {
         let mut delivered = 0;
         let mut backlog = false;
         let mut overflowed = Vec::new();
         for member in &self.members {
+            if except == Some(member.name.as_str()) {
+                continue;
+            }
             match member.events.try_push(event.clone()) {
                 Ok(waiting) => {
                     delivered += 1;
@@ -228,8 +319,15 @@ impl RoomState {
             };
             let member = self.members.swap_remove(index);
             member.events.kick(Kick::SlowConsumer);
+            if let Backend::Redis(cluster) = backend {
+                cluster.release(room, member.name, true);
+                if self.members.is_empty() {
+                    cluster.room_empty(room);
+                }
+                continue;
+            }
             let leave = encode(&ServerEvent::Leave {
-                room: room.to_owned(),
+                room: room.to_string(),
                 user: member.name,
                 ts: now_millis(),
             });
@@ -240,6 +338,21 @@ impl RoomState {
             }
         }
         Broadcast { delivered, backlog }
+    }
+
+    fn is_member(&self, connection: u64) -> bool {
+        self.members.iter().any(|m| m.connection == connection)
+    }
+
+    /// Appends a `message` frame to the room's history, dropping the oldest beyond `keep`.
+    fn remember(&mut self, frame: &Utf8Bytes, keep: usize) {
+        if keep == 0 {
+            return;
+        }
+        if self.history.len() >= keep {
+            self.history.pop_front();
+        }
+        self.history.push_back(frame.clone());
     }
 }
 
@@ -270,7 +383,26 @@ impl Reservation {
     }
 
     /// Makes the reserved name a member: the others get `join`, the newcomer its `welcome`.
-    pub fn join(mut self) -> Joined {
+    ///
+    /// In a cluster the node first subscribes to the room (and brings it up to date), and the
+    /// `join` goes out through Redis to every node. Fails only when Redis is unavailable.
+    pub async fn join(self) -> Result<Joined, Unavailable> {
+        let cluster = match &self.hub.inner.backend {
+            Backend::Memory => return Ok(self.join_here(None)),
+            Backend::Redis(cluster) => Arc::clone(cluster),
+        };
+        cluster.subscribe(&self.room.name).await?;
+        let members = cluster.members(&self.room.name).await?;
+        let joined = self.join_here(Some(members));
+        cluster
+            .announce_join(joined.membership.room(), joined.membership.name())
+            .await;
+        Ok(joined)
+    }
+
+    /// Adds the member to the local room. `cluster_members` is the room's member list from
+    /// Redis; without it (in memory) the local members are the room's, and hear `join` here.
+    fn join_here(mut self, cluster_members: Option<Vec<String>>) -> Joined {
         let name = self.name.take().unwrap_or_default();
         let (events_tx, events) = event_queue(self.hub.inner.limits.send_queue);
         let connection = self
@@ -278,17 +410,17 @@ impl Reservation {
             .inner
             .next_connection
             .fetch_add(1, Ordering::Relaxed);
-        let room_name = self.room.name.to_string();
+        let room_name = Arc::clone(&self.room.name);
 
         let mut state = lock(&self.room.state);
         state.reserved.remove(&name);
-        if !state.members.is_empty() {
+        if cluster_members.is_none() && !state.members.is_empty() {
             let join = encode(&ServerEvent::Join {
-                room: room_name.clone(),
+                room: room_name.to_string(),
                 user: name.clone(),
                 ts: now_millis(),
             });
-            state.broadcast(&room_name, join);
+            state.broadcast(&room_name, join, None, &self.hub.inner.backend);
         }
         state.members.push(Member {
             connection,
@@ -296,12 +428,11 @@ impl Reservation {
             events: events_tx,
         });
         state.last_active = Instant::now();
-        let welcome = encode_welcome(
-            &name,
-            &room_name,
-            &state.member_names(),
-            state.history.iter().map(Utf8Bytes::as_str),
-        );
+        let history = state.history.iter().map(Utf8Bytes::as_str);
+        let welcome = match &cluster_members {
+            Some(members) => encode_welcome(&name, &room_name, members, history),
+            None => encode_welcome(&name, &room_name, &state.member_names(), history),
+        };
         drop(state);
 
         Joined {
@@ -321,6 +452,9 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(name) = self.name.take() {
             lock(&self.room.state).reserved.remove(&name);
+            if let Backend::Redis(cluster) = &self.hub.inner.backend {
+                cluster.release(&self.room.name, name, false);
+            }
         }
     }
 }
@@ -343,20 +477,37 @@ impl Membership {
     }
 
     /// Posts `text` to the room: it gets the next id, enters the history, and is queued for
-    /// every member, the sender included.
+    /// every member, the sender included. In a cluster Redis assigns the id and every node
+    /// (this one too) delivers the message when it arrives on the room's subscription.
     ///
     /// Fails if the hub has already removed this member (as a slow consumer): frames it sent
-    /// before it noticed are not posted, and its name, now free, cannot be spoken for.
-    pub fn say(&self, text: String) -> Result<Backlog, NotAMember> {
-        let metrics = &self.hub.inner.metrics;
-        metrics.message_received();
+    /// before it noticed are not posted, and its name, now free, cannot be spoken for. In a
+    /// cluster it fails, posting nothing, while Redis is unavailable.
+    pub async fn say(&self, text: String) -> Result<Backlog, SayError> {
+        self.hub.inner.metrics.message_received();
+        let cluster = match &self.hub.inner.backend {
+            Backend::Memory => return self.say_here(text),
+            Backend::Redis(cluster) => cluster,
+        };
+        let floor = {
+            let state = lock(&self.room.state);
+            if !state.is_member(self.connection) {
+                return Err(SayError::NotAMember);
+            }
+            state.next_id - 1
+        };
+        cluster
+            .post(&self.room.name, &self.name, &text, floor)
+            .await
+            .map_err(|Unavailable| SayError::Unavailable)?;
+        // The message reaches this node's members from the driver; a backlog shows there.
+        Ok(Backlog(false))
+    }
+
+    fn say_here(&self, text: String) -> Result<Backlog, SayError> {
         let mut state = lock(&self.room.state);
-        if !state
-            .members
-            .iter()
-            .any(|m| m.connection == self.connection)
-        {
-            return Err(NotAMember);
+        if !state.is_member(self.connection) {
+            return Err(SayError::NotAMember);
         }
         let message = ChatMessage {
             id: state.next_id,
@@ -368,16 +519,11 @@ impl Membership {
         state.next_id += 1;
         state.last_active = Instant::now();
         let frame = encode(&ServerEvent::Message(message));
-        let history = self.hub.inner.limits.history;
-        if history > 0 {
-            if state.history.len() >= history {
-                state.history.pop_front();
-            }
-            state.history.push_back(frame.clone());
-        }
-        let Broadcast { delivered, backlog } = state.broadcast(&self.room.name, frame);
+        state.remember(&frame, self.hub.inner.limits.history);
+        let Broadcast { delivered, backlog } =
+            state.broadcast(&self.room.name, frame, None, &self.hub.inner.backend);
         drop(state);
-        metrics.messages_delivered(delivered);
+        self.hub.inner.metrics.messages_delivered(delivered);
         Ok(Backlog(backlog))
     }
 }
@@ -394,9 +540,14 @@ struct Broadcast {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backlog(pub bool);
 
-/// The hub had already removed the member that tried to post.
+/// Why a message was not posted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NotAMember;
+pub enum SayError {
+    /// The hub had already removed the member that tried to post.
+    NotAMember,
+    /// The cluster's Redis cannot be reached.
+    Unavailable,
+}
 
 impl Drop for Membership {
     fn drop(&mut self) {
@@ -411,6 +562,13 @@ impl Drop for Membership {
         };
         state.members.remove(index);
         state.last_active = Instant::now();
+        if let Backend::Redis(cluster) = &self.hub.inner.backend {
+            cluster.release(&self.room.name, self.name.clone(), true);
+            if state.members.is_empty() {
+                cluster.room_empty(&self.room.name);
+            }
+            return;
+        }
         if state.members.is_empty() {
             return;
         }
@@ -419,7 +577,106 @@ impl Drop for Membership {
             user: self.name.clone(),
             ts: now_millis(),
         });
-        state.broadcast(&self.room.name, leave);
+        state.broadcast(&self.room.name, leave, None, &self.hub.inner.backend);
+    }
+}
+
+/// What the cluster driver does to this node's rooms: it alone delivers in a cluster.
+impl Hub {
+    fn room(&self, name: &str) -> Option<Arc<Room>> {
+        lock(&self.inner.registry).rooms.get(name).cloned()
+    }
+
+    /// Rooms this node has members in.
+    pub(crate) fn occupied_rooms(&self) -> Vec<Arc<str>> {
+        let registry = lock(&self.inner.registry);
+        registry
+            .rooms
+            .values()
+            .filter(|room| !lock(&room.state).members.is_empty())
+            .map(|room| Arc::clone(&room.name))
+            .collect()
+    }
+
+    /// Every name this node holds, members and reservations, by room.
+    pub(crate) fn local_members(&self) -> Vec<(Arc<str>, String)> {
+        let registry = lock(&self.inner.registry);
+        let mut names = Vec::new();
+        for room in registry.rooms.values() {
+            let state = lock(&room.state);
+            let held = state.members.iter().map(|m| &m.name).chain(&state.reserved);
+            names.extend(held.map(|name| (Arc::clone(&room.name), name.clone())));
+        }
+        names
+    }
+
+    pub(crate) fn has_members(&self, room: &str) -> bool {
+        self.room(room)
+            .is_some_and(|room| !lock(&room.state).members.is_empty())
+    }
+
+    /// The last id delivered in `room` here, if this node has the room.
+    pub(crate) fn last_delivered(&self, room: &str) -> Option<u64> {
+        self.room(room).map(|room| lock(&room.state).next_id - 1)
+    }
+
+    /// Delivers message `id` unless it was delivered already; ids skipped to reach it are
+    /// announced as a gap (the driver refills what it can first). `refilled` counts it as
+    /// recovered from history.
+    pub(crate) fn deliver_message(&self, room: &str, id: u64, frame: Utf8Bytes, refilled: bool) {
+        let Some(room) = self.room(room) else { return };
+        let mut state = lock(&room.state);
+        if id < state.next_id {
+            return;
+        }
+        if id > state.next_id {
+            let from = state.next_id;
+            self.announce_gap(&room, &mut state, from, id - 1);
+        }
+        state.next_id = id + 1;
+        state.last_active = Instant::now();
+        state.remember(&frame, self.inner.limits.history);
+        let Broadcast { delivered, .. } =
+            state.broadcast(&room.name, frame, None, &self.inner.backend);
+        drop(state);
+        self.inner.metrics.messages_delivered(delivered);
+        if refilled && delivered > 0 {
+            self.inner.metrics.message_refilled();
+        }
+    }
+
+    /// Announces as a gap every id up to `upto` not delivered yet.
+    pub(crate) fn close_gap(&self, room: &str, upto: u64) {
+        let Some(room) = self.room(room) else { return };
+        let mut state = lock(&room.state);
+        let from = state.next_id;
+        if upto >= from {
+            self.announce_gap(&room, &mut state, from, upto);
+            state.next_id = upto + 1;
+        }
+    }
+
+    fn announce_gap(&self, room: &Room, state: &mut RoomState, from: u64, to: u64) {
+        let gap = encode(&ServerEvent::Gap {
+            room: room.name.to_string(),
+            from,
+            to,
+        });
+        let Broadcast { delivered, .. } =
+            state.broadcast(&room.name, gap, None, &self.inner.backend);
+        if delivered > 0 {
+            self.inner.metrics.gap_announced();
+            tracing::warn!(room = %room.name, from, to, "messages lost to this node announced as a gap");
+        }
+    }
+
+    /// Delivers a `join` or `leave` from another node (or this one) to the local members, but
+    /// not to `except`, the member who joined.
+    pub(crate) fn deliver_presence(&self, room: &str, frame: Utf8Bytes, except: Option<&str>) {
+        let Some(room) = self.room(room) else { return };
+        let mut state = lock(&room.state);
+        state.last_active = Instant::now();
+        state.broadcast(&room.name, frame, except, &self.inner.backend);
     }
 }
 
@@ -427,7 +684,7 @@ fn encode(event: &ServerEvent) -> Utf8Bytes {
     Utf8Bytes::from(event.to_json())
 }
 
-fn now_millis() -> u64 {
+pub(crate) fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
@@ -435,7 +692,7 @@ fn now_millis() -> u64 {
 
 /// Locks a mutex, shrugging off poisoning: every critical section here leaves the state
 /// consistent before anything that could panic, so a poisoned lock still guards valid data.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -453,25 +710,28 @@ mod tests {
             max_rooms: 10,
             send_queue,
         };
-        Hub::new(limits, Metrics::new())
+        Hub::new(limits, Metrics::new(), Backend::Memory)
+    }
+
+    async fn join(hub: &Hub, name: &str) -> Joined {
+        let reservation = hub.reserve("r", Some(name.into())).await.unwrap();
+        reservation.join().await.unwrap()
     }
 
     #[tokio::test]
     async fn a_member_dropped_as_slow_consumer_can_no_longer_post() {
         let hub = hub(2);
-        let a = hub.reserve("r", Some("a".into())).unwrap().join();
-        let mut b = hub.reserve("r", Some("b".into())).unwrap().join();
+        let a = join(&hub, "a").await;
+        let mut b = join(&hub, "b").await;
 
         // a never reads: `join b` and `x` fill its queue, `y` overflows it.
-        b.membership.say("x".into()).unwrap();
+        b.membership.say("x".into()).await.unwrap();
         assert_eq!(b.events.next_batch().await, Next::Events);
-        b.membership.say("y".into()).unwrap();
+        b.membership.say("y".into()).await.unwrap();
 
-        assert_eq!(a.membership.say("ghost".into()), Err(NotAMember));
-        let late = hub
-            .reserve("r", Some("a".into()))
-            .expect("the name is free again")
-            .join();
+        let ghost = a.membership.say("ghost".into()).await;
+        assert_eq!(ghost, Err(SayError::NotAMember));
+        let late = join(&hub, "a").await; // the name is free again
         let welcome: ServerEvent = serde_json::from_str(&late.welcome).unwrap();
         let ServerEvent::Welcome { history, .. } = welcome else {
             panic!("expected a welcome");
@@ -483,11 +743,11 @@ mod tests {
     #[tokio::test]
     async fn a_message_is_serialized_once_and_its_bytes_shared_by_every_member() {
         let hub = hub(16);
-        let mut members: Vec<Joined> = ["a", "b", "c"]
-            .into_iter()
-            .map(|name| hub.reserve("r", Some(name.into())).unwrap().join())
-            .collect();
-        members[0].membership.say("hi".into()).unwrap();
+        let mut members = Vec::new();
+        for name in ["a", "b", "c"] {
+            members.push(join(&hub, name).await);
+        }
+        members[0].membership.say("hi".into()).await.unwrap();
 
         let mut copies = Vec::new();
         for member in &mut members {

@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod handshake;
@@ -33,7 +34,9 @@ pub mod server;
 pub mod stream;
 pub mod throttle;
 
-pub use config::{AuthFailureMode, Cli, Config, ConfigError, LogFormat, Token, DEVELOPMENT_TOKEN};
+pub use config::{
+    AuthFailureMode, Cli, Config, ConfigError, LogFormat, RedisUrl, Token, DEVELOPMENT_TOKEN,
+};
 pub use metrics::Metrics;
 pub use protocol::{ChatMessage, ClientCommand, ErrorCode, ServerEvent};
 pub use server::{Server, StartError};

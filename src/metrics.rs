@@ -10,6 +10,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::connection::DISCONNECT_REASONS;
@@ -38,6 +39,56 @@ struct Inner {
     received: Counter,
     delivered: Counter,
     rate_limited: Counter,
+    cluster: Option<ClusterMetrics>,
+}
+
+/// The Redis link of a cluster node (SPEC §11). Registered only on cluster nodes: a single
+/// node has no Redis, and a `redis_up 0` there would read as an outage.
+struct ClusterMetrics {
+    up: Gauge,
+    publish_seconds: Histogram,
+    reconnects: Counter,
+    refilled: Counter,
+    gaps: Counter,
+}
+
+impl ClusterMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            up: Gauge::default(),
+            // 100 µs to about 1.6 s: a loopback round trip up to a struggling Redis.
+            publish_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 15)),
+            reconnects: Counter::default(),
+            refilled: Counter::default(),
+            gaps: Counter::default(),
+        };
+        registry.register(
+            "redis_up",
+            "1 while the node's Redis link works, 0 while it is down",
+            metrics.up.clone(),
+        );
+        registry.register(
+            "redis_publish_seconds",
+            "Time to post a message through Redis (id, history and publish in one script)",
+            metrics.publish_seconds.clone(),
+        );
+        registry.register(
+            "redis_reconnects",
+            "Times the Redis link came back after it was lost",
+            metrics.reconnects.clone(),
+        );
+        registry.register(
+            "messages_refilled",
+            "Messages a node missed on its subscription and delivered from the stored history",
+            metrics.refilled.clone(),
+        );
+        registry.register(
+            "gaps_announced",
+            "gap events sent to members: messages that could no longer be refilled",
+            metrics.gaps.clone(),
+        );
+        metrics
+    }
 }
 
 impl Default for Metrics {
@@ -47,7 +98,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The metrics of a single node.
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// The metrics of a cluster node: those of a single node and the Redis link's.
+    pub fn for_cluster() -> Self {
+        Self::build(true)
+    }
+
+    fn build(cluster: bool) -> Self {
         let mut registry = Registry::with_prefix("wschat");
         let connections = Gauge::default();
         let accepted = Counter::default();
@@ -95,6 +156,7 @@ impl Metrics {
         for reason in DISCONNECT_REASONS {
             drop(disconnects.get_or_create(&ReasonLabel { reason }));
         }
+        let cluster = cluster.then(|| ClusterMetrics::register(&mut registry));
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -105,6 +167,7 @@ impl Metrics {
                 received,
                 delivered,
                 rate_limited,
+                cluster,
             }),
         }
     }
@@ -140,6 +203,36 @@ impl Metrics {
 
     pub fn message_rate_limited(&self) {
         self.inner.rate_limited.inc();
+    }
+
+    pub fn redis_up(&self, up: bool) {
+        if let Some(cluster) = &self.inner.cluster {
+            cluster.up.set(i64::from(up));
+        }
+    }
+
+    pub fn redis_published(&self, took: std::time::Duration) {
+        if let Some(cluster) = &self.inner.cluster {
+            cluster.publish_seconds.observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn redis_reconnected(&self) {
+        if let Some(cluster) = &self.inner.cluster {
+            cluster.reconnects.inc();
+        }
+    }
+
+    pub fn message_refilled(&self) {
+        if let Some(cluster) = &self.inner.cluster {
+            cluster.refilled.inc();
+        }
+    }
+
+    pub fn gap_announced(&self) {
+        if let Some(cluster) = &self.inner.cluster {
+            cluster.gaps.inc();
+        }
     }
 
     /// The current number of open chat connections.

@@ -48,6 +48,13 @@ pub enum ServerEvent {
         code: ErrorCode,
         message: String,
     },
+    /// Messages `from..=to` of `room` can no longer be delivered (a cluster node missed them and
+    /// they had left the stored history): announced instead of skipped silently.
+    Gap {
+        room: String,
+        from: u64,
+        to: u64,
+    },
 }
 
 /// Machine-readable reason carried by an `error` event.
@@ -60,6 +67,8 @@ pub enum ErrorCode {
     EmptyMessage,
     /// The connection sent faster than its rate limit allows.
     RateLimited,
+    /// The cluster's Redis cannot be reached: the message was not posted.
+    Unavailable,
 }
 
 /// Commands a client may send as a JSON object with a string `type`.
@@ -160,6 +169,50 @@ pub fn encode_welcome<'a>(
     }
     json.push_str("]}");
     json
+}
+
+/// How every `message` frame begins: its id follows. A cluster assigns the id in Redis and
+/// joins this head, the id and [`message_frame_tail`] there, so the frame is serialized once.
+pub const MESSAGE_FRAME_HEAD: &str = r#"{"type":"message","id":"#;
+
+/// A `message` frame after its id: exactly what `ServerEvent::Message::to_json` writes there.
+pub fn message_frame_tail(room: &str, user: &str, text: &str, ts: u64) -> String {
+    let frame = ServerEvent::Message(ChatMessage {
+        id: 0,
+        room: room.to_owned(),
+        user: user.to_owned(),
+        text: text.to_owned(),
+        ts,
+    })
+    .to_json();
+    let after_id = MESSAGE_FRAME_HEAD.len() + 1;
+    frame[after_id..].to_owned()
+}
+
+/// What a room frame relayed between cluster nodes is, read without parsing a message's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomFrame {
+    Message { id: u64 },
+    Join { user: String },
+    Leave { user: String },
+}
+
+impl RoomFrame {
+    /// Classifies a frame; `None` for anything that is not a room event.
+    pub fn of(frame: &str) -> Option<Self> {
+        if let Some(rest) = frame.strip_prefix(MESSAGE_FRAME_HEAD) {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            return rest[..digits]
+                .parse()
+                .ok()
+                .map(|id| RoomFrame::Message { id });
+        }
+        match serde_json::from_str::<ServerEvent>(frame).ok()? {
+            ServerEvent::Join { user, .. } => Some(RoomFrame::Join { user }),
+            ServerEvent::Leave { user, .. } => Some(RoomFrame::Leave { user }),
+            _ => None,
+        }
+    }
 }
 
 /// Serde for `welcome.history`: each entry is a whole `message` event, tagged like any other,
@@ -348,5 +401,36 @@ mod tests {
             encode_welcome("a", "r", &["a"], none),
             r#"{"type":"welcome","user":"a","room":"r","members":["a"],"history":[]}"#
         );
+    }
+
+    #[test]
+    fn a_message_frame_is_its_head_id_and_tail() {
+        let tail = message_frame_tail("lobby", "alice", "hi \"there\"", 1_764_000_000_000);
+        let frame = format!("{MESSAGE_FRAME_HEAD}42{tail}");
+        let expected = ServerEvent::Message(ChatMessage {
+            id: 42,
+            room: "lobby".into(),
+            user: "alice".into(),
+            text: "hi \"there\"".into(),
+            ts: 1_764_000_000_000,
+        });
+        assert_eq!(frame, expected.to_json());
+        assert_eq!(RoomFrame::of(&frame), Some(RoomFrame::Message { id: 42 }));
+    }
+
+    #[test]
+    fn room_frames_are_told_apart() {
+        let join = r#"{"type":"join","room":"r","user":"bob","ts":1}"#;
+        let leave = r#"{"type":"leave","room":"r","user":"bob","ts":1}"#;
+        assert_eq!(
+            RoomFrame::of(join),
+            Some(RoomFrame::Join { user: "bob".into() })
+        );
+        assert_eq!(
+            RoomFrame::of(leave),
+            Some(RoomFrame::Leave { user: "bob".into() })
+        );
+        assert_eq!(RoomFrame::of(r#"{"type":"message","id":x}"#), None);
+        assert_eq!(RoomFrame::of("garbage"), None);
     }
 }

@@ -27,13 +27,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::{Cluster, ClusterDriver, ClusterError, ClusterSettings, Unavailable};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, Connection, ConnectionLimits};
 use crate::handshake::Policy;
 use crate::http::{self as routes, AppState, PendingUpgrade, UpgradeSlot};
-use crate::hub::{Hub, HubLimits};
+use crate::hub::{Backend, Hub, HubLimits};
 use crate::metrics::Metrics;
 use crate::stream::{HoldSwitch, HttpStream, TakenOver};
 use crate::throttle::Throttle;
@@ -49,7 +51,13 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
+
+/// How long a cluster node may take, after its connections ended, to remove its members from
+/// Redis (their `leave`s) and its lease before it exits anyway.
+const CLUSTER_GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A bound, not yet running, chat server.
 pub struct Server {
@@ -57,6 +65,8 @@ pub struct Server {
     state: Arc<AppState>,
     http: http1::Builder,
     shutdown_grace: Duration,
+    /// The Redis link of a cluster node, run alongside the accept loop.
+    cluster: Option<ClusterDriver>,
 }
 
 impl Server {
@@ -81,7 +91,19 @@ impl Server {
         if listeners.is_empty() {
             return Err(ConfigError::NoListener.into());
         }
-        let metrics = Metrics::new();
+        let (metrics, backend, cluster) = match &config.redis_url {
+            None => (Metrics::new(), Backend::Memory, None),
+            Some(url) => {
+                let metrics = Metrics::for_cluster();
+                let settings = ClusterSettings {
+                    history: config.history,
+                    history_ttl: config.history_ttl,
+                    node_timeout: config.node_timeout,
+                };
+                let (cluster, driver) = Cluster::new(url, settings, metrics.clone())?;
+                (metrics, Backend::Redis(cluster), Some(driver))
+            }
+        };
         let hub = Hub::new(
             HubLimits {
                 history: config.history,
@@ -89,6 +111,7 @@ impl Server {
                 send_queue: config.send_queue,
             },
             metrics.clone(),
+            backend,
         );
         let limits = ConnectionLimits {
             max_message_bytes: config.max_message_bytes,
@@ -119,6 +142,7 @@ impl Server {
             state,
             http,
             shutdown_grace: config.shutdown_grace,
+            cluster,
         })
     }
 
@@ -145,7 +169,11 @@ impl Server {
             state,
             http,
             shutdown_grace,
+            cluster,
         } = self;
+        let cluster_stop = CancellationToken::new();
+        let cluster =
+            cluster.map(|driver| tokio::spawn(driver.run(state.hub.clone(), cluster_stop.clone())));
         let http = Arc::new(http);
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -190,6 +218,18 @@ impl Server {
                 "grace period over; dropping connections"
             );
             connections.shutdown().await;
+        }
+        // Every connection has ended and asked for its `leave`: the node says goodbye to the
+        // cluster, within bounds if Redis is away.
+        if let Some(mut driver) = cluster {
+            cluster_stop.cancel();
+            if tokio::time::timeout(CLUSTER_GOODBYE_TIMEOUT, &mut driver)
+                .await
+                .is_err()
+            {
+                tracing::warn!("could not say goodbye to the cluster in time");
+                driver.abort();
+            }
         }
     }
 }
@@ -250,7 +290,7 @@ async fn take_over(
             // runs the close handshake.
             taken.send_unsent().await.ok()?;
             let socket = connection::accept_socket(taken, &state.limits).await;
-            connection::close_immediately(socket, reason).await;
+            connection::close_immediately(socket, CloseCode::Policy, reason).await;
             None
         }
         PendingUpgrade::Chat {
@@ -259,7 +299,19 @@ async fn take_over(
             permit,
         } => {
             let taken = taken_over(upgrade.await, peer)?;
-            let mut joined = reservation.join();
+            let mut joined = match reservation.join().await {
+                Ok(joined) => joined,
+                Err(Unavailable) => {
+                    // Redis went away between the handshake and the upgrade.
+                    tracing::info!(%peer, "redis unavailable; connection closed before its welcome");
+                    let mut taken = taken;
+                    taken.send_unsent().await.ok()?;
+                    let socket = connection::accept_socket(taken, &state.limits).await;
+                    connection::close_immediately(socket, CloseCode::Again, "redis unavailable")
+                        .await;
+                    return None;
+                }
+            };
             let welcome = std::mem::take(&mut joined.welcome);
             let socket = match connection::accept_with_welcome(
                 taken,

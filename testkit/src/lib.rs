@@ -50,9 +50,11 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
+mod redis;
+pub use redis::RedisServer;
 pub use tokio_tungstenite::tungstenite;
 pub use wschat::protocol::{ChatMessage, ErrorCode, ServerEvent};
-pub use wschat::{AuthFailureMode, Config, Metrics, Token};
+pub use wschat::{AuthFailureMode, Config, Metrics, RedisUrl, Token};
 
 /// Characters of a URL quoted in a failure message.
 const MAX_URL_IN_MESSAGES: usize = 120;
@@ -125,6 +127,98 @@ impl TestServer {
             hub,
             stop,
             task: Some(task),
+        }
+    }
+
+    /// Starts one cluster node on `redis` (SPEC §11) with [`TestServer::config`] as changed by
+    /// `adjust`, and waits until its Redis link is up, so it admits clients at once.
+    ///
+    /// ```
+    /// use wschat_testkit::{RedisServer, TestServer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let Some(redis) = RedisServer::start().await else { return };
+    /// let node = TestServer::start_node(&redis, |_| {}).await;
+    /// let mut alice = node.client().name("alice").connect_ok().await;
+    /// alice.say("hello").await;
+    /// assert_eq!(alice.recv_message().await.id, 1);
+    /// # }
+    /// ```
+    pub async fn start_node(redis: &RedisServer, adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Self::config();
+        adjust(&mut config);
+        Self::start_node_config(redis, config).await
+    }
+
+    /// Starts `nodes` cluster nodes on `redis`, sharing one token (a client may connect to any
+    /// of them), each configured by `adjust`, and waits until every one is up.
+    ///
+    /// ```
+    /// use wschat_testkit::{RedisServer, TestServer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let Some(redis) = RedisServer::start().await else { return };
+    /// let nodes = TestServer::start_cluster(&redis, 2, |_| {}).await;
+    /// let mut alice = nodes[0].client().name("alice").connect_ok().await;
+    /// let mut bob = nodes[1].client().name("bob").connect_ok().await;
+    /// alice.say("across nodes").await;
+    /// assert_eq!(bob.recv_message().await.text, "across nodes");
+    /// # }
+    /// ```
+    pub async fn start_cluster(
+        redis: &RedisServer,
+        nodes: usize,
+        adjust: impl Fn(&mut Config),
+    ) -> Vec<Self> {
+        let token = Token::new(random_token());
+        let mut started = Vec::with_capacity(nodes);
+        for _ in 0..nodes {
+            let mut config = Self::config();
+            config.token = token.clone();
+            adjust(&mut config);
+            started.push(Self::start_node_config(redis, config).await);
+        }
+        started
+    }
+
+    /// Starts a node with exactly `config`, on `redis`, and waits until it is up.
+    pub async fn start_node_config(redis: &RedisServer, mut config: Config) -> Self {
+        config.redis_url = Some(
+            RedisUrl::new(redis.url()).unwrap_or_else(|error| panic!("bad redis url: {error}")),
+        );
+        let server = Self::start_config(config).await;
+        server.wait_until_available().await;
+        server
+    }
+
+    /// Whether the server admits clients now: always on a single node; on a cluster node,
+    /// while its Redis link is up.
+    pub fn is_available(&self) -> bool {
+        self.hub.is_available()
+    }
+
+    /// Waits until [`TestServer::is_available`], or panics after [`DEFAULT_TIMEOUT`].
+    pub async fn wait_until_available(&self) {
+        self.wait_until("the node to reach redis", || self.is_available())
+            .await;
+    }
+
+    /// Waits until [`TestServer::is_available`] is false (a cluster node noticed its Redis is
+    /// gone), or panics after [`DEFAULT_TIMEOUT`].
+    pub async fn wait_until_unavailable(&self) {
+        self.wait_until("the node to notice redis is gone", || !self.is_available())
+            .await;
+    }
+
+    async fn wait_until(&self, what: &str, condition: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + DEFAULT_TIMEOUT;
+        while !condition() {
+            if tokio::time::Instant::now() >= deadline {
+                panic!("timed out waiting for {what}");
+            }
+            tokio::time::sleep(METRICS_POLL_INTERVAL).await;
         }
     }
 

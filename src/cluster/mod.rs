@@ -1,0 +1,352 @@
+//! The cluster on Redis (SPEC §11): many nodes, one chat.
+//!
+//! `Cluster` is what the hub holds when `--redis-url` is given; `ClusterDriver` is the one task
+//! per node that owns the Redis link. Redis holds what nodes must agree on: each room's id
+//! sequence and bounded history, its members, and every node's lease. Lua scripts (in `lua/`)
+//! change each of those atomically with the `PUBLISH` that tells the other nodes, so every node
+//! sees one order, and the history holds exactly what was published.
+//!
+//! A node posts by running `post.lua` on a shared multiplexed connection (concurrent posts of
+//! many connections are pipelined on it), and delivers only what comes back on its
+//! subscription: the sender's own node hears its message like every other node does, so all
+//! members everywhere see one order. The driver subscribes to a room while the node has
+//! members in it, tracks the last id it delivered there (in the hub's room), and fills any jump
+//! from the stored history before it delivers newer messages; what the history no longer holds
+//! is announced with a `gap` event. After the link comes back it does the same for every room,
+//! so members see one unbroken sequence (or an announced gap), never a silent hole.
+//!
+//! Frames are serialized once, on the posting node, exactly as clients receive them, and relayed
+//! byte for byte: a receiving node hands the payload to all its members without parsing the
+//! text. This module does not know about sockets; local fan-out stays in `hub.rs`.
+//!
+//! Keys, all under `wschat:`: `room:R:seq` (last id), `room:R:history` (sorted set of frames by
+//! id), `room:R:owners` (name → node), `room:R:members` (names by join time), `nodes` (node →
+//! lease deadline), `node:N:members` (`R/name` entries, for removing a dead node's members),
+//! `guests` (the guest-name counter), `epoch` (tells a Redis that lost its data). The channel of
+//! room R is `wschat:room:R`.
+
+mod driver;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::Script;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+pub use driver::ClusterDriver;
+
+use crate::config::RedisUrl;
+use crate::handshake::Rejection;
+use crate::hub::{lock, now_millis};
+use crate::metrics::Metrics;
+use crate::protocol::{message_frame_tail, ServerEvent};
+
+/// Prefix of every key and channel the cluster uses.
+const PREFIX: &str = "wschat:";
+const NODES_KEY: &str = "wschat:nodes";
+const GUESTS_KEY: &str = "wschat:guests";
+const EPOCH_KEY: &str = "wschat:epoch";
+
+/// What the cluster needs from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterSettings {
+    /// Messages kept per room (`--history`).
+    pub history: usize,
+    pub history_ttl: Duration,
+    pub node_timeout: Duration,
+}
+
+/// The Redis link is down: nothing was posted, claimed or subscribed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
+/// A node's handle on the cluster, shared by the hub and the driver.
+pub struct Cluster {
+    node: String,
+    node_members_key: String,
+    client: redis::Client,
+    settings: ClusterSettings,
+    /// The command connection while the link is up; `None` while it is down.
+    link: Mutex<Option<MultiplexedConnection>>,
+    up: AtomicBool,
+    /// After Redis lost its data, the node waits until every node had time to raise the room
+    /// sequences to what its members saw (see `driver::DATA_LOSS_HOLD`).
+    posts_held_until: Mutex<Option<Instant>>,
+    control: mpsc::UnboundedSender<Control>,
+    metrics: Metrics,
+    scripts: Scripts,
+}
+
+/// Requests from connections to the driver, which alone talks on the subscription.
+enum Control {
+    /// Subscribe to `room` (if not yet) and bring it up to date; answer when done.
+    Subscribe {
+        room: Arc<str>,
+        synced: oneshot::Sender<Result<(), Unavailable>>,
+    },
+    /// Give up `name` in `room`; with `announce`, publish its `leave`.
+    Release {
+        room: Arc<str>,
+        name: String,
+        announce: bool,
+    },
+    /// The node's last member of `room` left: unsubscribe unless someone joined since.
+    RoomEmpty { room: Arc<str> },
+}
+
+struct Scripts {
+    post: Script,
+    sync: Script,
+    claim: Script,
+    release: Script,
+    announce: Script,
+    renew: Script,
+    reap: Script,
+    epoch: Script,
+}
+
+impl Scripts {
+    fn load() -> Self {
+        Self {
+            post: Script::new(include_str!("lua/post.lua")),
+            sync: Script::new(include_str!("lua/sync.lua")),
+            claim: Script::new(include_str!("lua/claim.lua")),
+            release: Script::new(include_str!("lua/release.lua")),
+            announce: Script::new(include_str!("lua/announce.lua")),
+            renew: Script::new(include_str!("lua/renew.lua")),
+            reap: Script::new(include_str!("lua/reap.lua")),
+            epoch: Script::new(include_str!("lua/epoch.lua")),
+        }
+    }
+}
+
+/// The Redis names of one room.
+struct RoomKeys {
+    channel: String,
+    seq: String,
+    history: String,
+    owners: String,
+    members: String,
+}
+
+impl RoomKeys {
+    fn new(room: &str) -> Self {
+        let channel = format!("{PREFIX}room:{room}");
+        Self {
+            seq: format!("{channel}:seq"),
+            history: format!("{channel}:history"),
+            owners: format!("{channel}:owners"),
+            members: format!("{channel}:members"),
+            channel,
+        }
+    }
+}
+
+/// Why a cluster could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("--redis-url is not usable: {0}")]
+pub struct ClusterError(String);
+
+impl Cluster {
+    /// Sets up a node on the Redis at `url`; nothing connects until the driver runs.
+    pub fn new(
+        url: &RedisUrl,
+        settings: ClusterSettings,
+        metrics: Metrics,
+    ) -> Result<(Arc<Self>, ClusterDriver), ClusterError> {
+        // The client's own message names the problem without echoing the URL (or a password).
+        let client =
+            redis::Client::open(url.expose()).map_err(|error| ClusterError(error.to_string()))?;
+        let node = random_id();
+        let (control, requests) = mpsc::unbounded_channel();
+        let cluster = Arc::new(Self {
+            node_members_key: format!("{PREFIX}node:{node}:members"),
+            node,
+            client,
+            settings,
+            link: Mutex::new(None),
+            up: AtomicBool::new(false),
+            posts_held_until: Mutex::new(None),
+            control,
+            metrics,
+            scripts: Scripts::load(),
+        });
+        let driver = ClusterDriver::new(Arc::clone(&cluster), requests);
+        Ok((cluster, driver))
+    }
+
+    /// Whether the node can serve now: its Redis link works, and it is not holding back
+    /// after Redis lost its data (while the other nodes catch up, see `DATA_LOSS_HOLD`).
+    pub fn is_up(&self) -> bool {
+        if !self.up.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut held = lock(&self.posts_held_until);
+        match *held {
+            Some(until) if Instant::now() < until => false,
+            Some(_) => {
+                *held = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn connection(&self) -> Result<MultiplexedConnection, Unavailable> {
+        if !self.is_up() {
+            return Err(Unavailable);
+        }
+        lock(&self.link).clone().ok_or(Unavailable)
+    }
+
+    /// Claims `name` (or the next free `guest-<n>`) in `room`, cluster-wide.
+    pub async fn claim(&self, room: &str, name: Option<&str>) -> Result<String, Rejection> {
+        let mut connection = self.connection().map_err(|_| Rejection::Unavailable)?;
+        let keys = RoomKeys::new(room);
+        let claimed: Option<(String, i64)> = self
+            .scripts
+            .claim
+            .key(&keys.owners)
+            .key(&keys.members)
+            .key(&self.node_members_key)
+            .key(GUESTS_KEY)
+            .arg(name.unwrap_or_default())
+            .arg(&self.node)
+            .arg(room)
+            .arg("")
+            .arg(&keys.channel)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|error| {
+                tracing::debug!(%error, "claiming a name in redis failed");
+                Rejection::Unavailable
+            })?;
+        claimed.map(|(name, _)| name).ok_or(Rejection::NameTaken)
+    }
+
+    /// Subscribes to `room` unless the node is already, and returns once the node's copy of the
+    /// room (last id, history) is up to date with Redis.
+    pub async fn subscribe(&self, room: &Arc<str>) -> Result<(), Unavailable> {
+        let (synced, done) = oneshot::channel();
+        let request = Control::Subscribe {
+            room: Arc::clone(room),
+            synced,
+        };
+        self.control.send(request).map_err(|_| Unavailable)?;
+        done.await.unwrap_or(Err(Unavailable))
+    }
+
+    /// The room's members on every node, in the order they joined.
+    pub async fn members(&self, room: &str) -> Result<Vec<String>, Unavailable> {
+        let mut connection = self.connection()?;
+        redis::cmd("ZRANGE")
+            .arg(RoomKeys::new(room).members)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut connection)
+            .await
+            .map_err(|_| Unavailable)
+    }
+
+    /// Tells every node's members of `room` that `name` joined.
+    pub async fn announce_join(&self, room: &str, name: &str) {
+        let Ok(mut connection) = self.connection() else {
+            return;
+        };
+        let keys = RoomKeys::new(room);
+        let frame = join_frame(room, name);
+        let published: redis::RedisResult<i64> = self
+            .scripts
+            .announce
+            .key(&keys.seq)
+            .key(&keys.history)
+            .arg(frame)
+            .arg(&keys.channel)
+            .arg(self.ttl_millis())
+            .invoke_async(&mut connection)
+            .await;
+        if let Err(error) = published {
+            tracing::debug!(%error, "announcing a join failed");
+        }
+    }
+
+    /// Posts a message: Redis gives it the room's next id (above `floor`, the highest id this
+    /// node has delivered in the room), stores it and publishes it. Members receive it through
+    /// the subscription, the sender included.
+    pub async fn post(
+        &self,
+        room: &str,
+        user: &str,
+        text: &str,
+        floor: u64,
+    ) -> Result<u64, Unavailable> {
+        let mut connection = self.connection()?;
+        let keys = RoomKeys::new(room);
+        let tail = message_frame_tail(room, user, text, now_millis());
+        let started = Instant::now();
+        let posted: redis::RedisResult<u64> = self
+            .scripts
+            .post
+            .key(&keys.seq)
+            .key(&keys.history)
+            .arg(tail)
+            .arg(self.settings.history)
+            .arg(self.ttl_millis())
+            .arg(floor)
+            .arg(&keys.channel)
+            .invoke_async(&mut connection)
+            .await;
+        self.metrics.redis_published(started.elapsed());
+        posted.map_err(|error| {
+            tracing::debug!(%error, "posting through redis failed");
+            Unavailable
+        })
+    }
+
+    /// Gives up `name` in `room` in the background; with `announce`, every node's members hear
+    /// `leave`. Queued while Redis is away and done when it is back.
+    pub fn release(&self, room: &Arc<str>, name: String, announce: bool) {
+        let _ = self.control.send(Control::Release {
+            room: Arc::clone(room),
+            name,
+            announce,
+        });
+    }
+
+    /// The node's last member of `room` left.
+    pub fn room_empty(&self, room: &Arc<str>) {
+        let _ = self.control.send(Control::RoomEmpty {
+            room: Arc::clone(room),
+        });
+    }
+
+    fn ttl_millis(&self) -> u64 {
+        u64::try_from(self.settings.history_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+fn join_frame(room: &str, name: &str) -> String {
+    ServerEvent::Join {
+        room: room.to_owned(),
+        user: name.to_owned(),
+        ts: now_millis(),
+    }
+    .to_json()
+}
+
+fn leave_frame(room: &str, name: &str) -> String {
+    ServerEvent::Leave {
+        room: room.to_owned(),
+        user: name.to_owned(),
+        ts: now_millis(),
+    }
+    .to_json()
+}
+
+/// 128 random bits in hex: a node's name for its lease, or a fresh epoch.
+fn random_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}

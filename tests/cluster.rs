@@ -1,0 +1,478 @@
+//! SPEC §11: several nodes on one Redis form one chat. Order and completeness across nodes,
+//! presence, shared history, Redis going away and coming back (empty), a node dying, and a
+//! node whose subscription drops. Each test has a `redis-server` of its own; without one
+//! installed the tests are skipped with a notice (`WSCHAT_REQUIRE_REDIS=1` makes that a
+//! failure, as `.ci/run` does).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use rstest::rstest;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use wschat_testkit::{
+    ChatMessage, Client, ClientBuilder, ErrorCode, RedisServer, ServerEvent, TestServer,
+};
+
+/// How long a test waits for something that takes a cluster a while (a lease running out, a
+/// reconnection): well past `--node-timeout` and the reconnect backoff.
+const CLUSTER_WAIT: Duration = Duration::from_secs(15);
+
+/// What one member saw of a room: message ids in arrival order, and the announced gaps.
+#[derive(Default, Debug)]
+struct Seen {
+    messages: Vec<ChatMessage>,
+    gaps: Vec<(u64, u64)>,
+}
+
+impl Seen {
+    /// Asserts one unbroken sequence: ids strictly increasing, each missing id inside an
+    /// announced gap, nothing twice.
+    fn assert_unbroken(&self, who: &str) {
+        let mut covered: BTreeSet<u64> = self.messages.iter().map(|m| m.id).collect();
+        assert_eq!(covered.len(), self.messages.len(), "{who} got a duplicate");
+        let ids: Vec<u64> = self.messages.iter().map(|m| m.id).collect();
+        assert!(
+            ids.windows(2).all(|pair| pair[0] < pair[1]),
+            "{who} saw ids out of order: {ids:?}"
+        );
+        for &(from, to) in &self.gaps {
+            covered.extend(from..=to);
+        }
+        let (Some(&first), Some(&last)) = (covered.first(), covered.last()) else {
+            return;
+        };
+        let holes: Vec<u64> = (first..=last).filter(|id| !covered.contains(id)).collect();
+        assert!(holes.is_empty(), "{who} has silent holes at {holes:?}");
+    }
+}
+
+/// Reads events until a message with `text` arrives, recording everything on the way.
+async fn read_until(client: &mut Client, seen: &mut Seen, text: &str) {
+    loop {
+        match client.recv().await {
+            ServerEvent::Message(message) => {
+                let done = message.text == text;
+                seen.messages.push(message);
+                if done {
+                    return;
+                }
+            }
+            ServerEvent::Gap { from, to, .. } => seen.gaps.push((from, to)),
+            ServerEvent::Join { .. } | ServerEvent::Leave { .. } | ServerEvent::Error { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Reads exactly `count` messages, failing on a gap.
+async fn messages(client: &mut Client, count: usize) -> Vec<ChatMessage> {
+    let mut got = Vec::with_capacity(count);
+    while got.len() < count {
+        match client.recv().await {
+            ServerEvent::Message(message) => got.push(message),
+            ServerEvent::Join { .. } | ServerEvent::Leave { .. } => {}
+            other => panic!("expected messages only, got {other:?}"),
+        }
+    }
+    got
+}
+
+fn no_rate_limit(config: &mut wschat_testkit::Config) {
+    config.rate_limit = 0;
+}
+
+#[rstest]
+#[case::two_nodes(2)]
+#[case::three_nodes(3)]
+#[tokio::test]
+async fn every_member_on_every_node_gets_every_message_once_in_one_order(#[case] nodes: usize) {
+    const MEMBERS_PER_NODE: usize = 2;
+    const EACH: usize = 25;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let cluster = TestServer::start_cluster(&redis, nodes, no_rate_limit).await;
+    let mut clients = Vec::new();
+    for (n, node) in cluster.iter().enumerate() {
+        for m in 0..MEMBERS_PER_NODE {
+            clients.push(node.client().name(format!("n{n}m{m}")).connect_ok().await);
+        }
+    }
+    let total = clients.len() * EACH;
+    // Everyone posts at once, from separate tasks, and reads everything back.
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let me = client.user().to_owned();
+                for n in 0..EACH {
+                    client.send_text(&format!("{me} #{n}")).await;
+                }
+                (me, messages(&mut client, total).await)
+            })
+        })
+        .collect();
+    let mut orders = HashMap::new();
+    for task in tasks {
+        let (me, got) = task.await.expect("client task");
+        let ids: Vec<u64> = got.iter().map(|m| m.id).collect();
+        assert_eq!(
+            ids,
+            (1..=total as u64).collect::<Vec<_>>(),
+            "{me}: one unbroken sequence"
+        );
+        let mine = got.iter().filter(|m| m.user == me).count();
+        assert_eq!(mine, EACH, "{me} got each of its own messages once");
+        let order: Vec<(String, String)> = got.into_iter().map(|m| (m.user, m.text)).collect();
+        orders.insert(me, order);
+    }
+    let first = orders.values().next().expect("members").clone();
+    assert!(
+        orders.values().all(|order| *order == first),
+        "every member saw one order"
+    );
+}
+
+#[tokio::test]
+async fn members_join_and_leave_are_seen_across_nodes() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let nodes = TestServer::start_cluster(&redis, 2, |_| {}).await;
+    let mut alice = nodes[0].client().name("alice").connect_ok().await;
+    let bob = nodes[1].client().name("bob").connect_ok().await;
+    assert_eq!(bob.welcome().members, ["alice", "bob"]);
+    match alice.recv().await {
+        ServerEvent::Join { user, room, .. } => {
+            assert_eq!((user.as_str(), room.as_str()), ("bob", "lobby"))
+        }
+        other => panic!("expected bob's join, got {other:?}"),
+    }
+    bob.close().await;
+    match alice.recv().await {
+        ServerEvent::Leave { user, .. } => assert_eq!(user, "bob"),
+        other => panic!("expected bob's leave, got {other:?}"),
+    }
+    let carol = nodes[1].client().name("carol").connect_ok().await;
+    assert_eq!(carol.welcome().members, ["alice", "carol"]);
+}
+
+#[rstest]
+#[case::same_node(0)]
+#[case::other_node(1)]
+#[tokio::test]
+async fn a_name_in_use_anywhere_in_the_cluster_is_409(#[case] second: usize) {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let nodes = TestServer::start_cluster(&redis, 2, |_| {}).await;
+    let _alice = nodes[0].client().name("alice").connect_ok().await;
+    let rejected = nodes[second]
+        .client()
+        .name("alice")
+        .connect_rejected()
+        .await;
+    assert_eq!(rejected.status, 409, "{}", rejected.body);
+    // Another room is another namespace; guests get cluster-unique names.
+    nodes[second]
+        .client()
+        .name("alice")
+        .room("elsewhere")
+        .connect_ok()
+        .await;
+    let guest_a = nodes[0].client().connect_ok().await;
+    let guest_b = nodes[1].client().connect_ok().await;
+    assert_ne!(guest_a.user(), guest_b.user());
+}
+
+#[tokio::test]
+async fn history_survives_a_node_restart_and_reaches_a_node_started_later() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let first = TestServer::start_node(&redis, |_| {}).await;
+    let mut poster = first.client().name("poster").connect_ok().await;
+    let mut frames = Vec::new();
+    for text in ["one", "two", "three"] {
+        poster.send_text(text).await;
+        frames.push(poster.recv_text().await);
+    }
+    poster.close().await;
+    first.shutdown().await;
+
+    let later = TestServer::start_node(&redis, |_| {}).await;
+    let reader = later.client().name("reader").connect_ok().await;
+    let texts: Vec<&str> = reader
+        .welcome()
+        .history
+        .iter()
+        .map(|m| m.text.as_str())
+        .collect();
+    assert_eq!(texts, ["one", "two", "three"]);
+    let spliced = frames.join(",");
+    assert!(
+        reader
+            .welcome_json()
+            .contains(&format!(r#""history":[{spliced}]"#)),
+        "history holds the frames members received: {}",
+        reader.welcome_json()
+    );
+    let mut reader = reader;
+    reader.say("four").await;
+    assert_eq!(reader.recv_message().await.id, 4, "ids continue");
+}
+
+#[tokio::test]
+async fn a_redis_outage_refuses_posts_and_handshakes_then_members_miss_nothing_silently() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let nodes = TestServer::start_cluster(&redis, 2, no_rate_limit).await;
+    let mut alice = nodes[0].client().name("alice").connect_ok().await;
+    let mut bob = nodes[1].client().name("bob").connect_ok().await;
+    let (mut seen_alice, mut seen_bob) = (Seen::default(), Seen::default());
+    alice.say("before").await;
+    read_until(&mut alice, &mut seen_alice, "before").await;
+    read_until(&mut bob, &mut seen_bob, "before").await;
+
+    // A burst from both sides, with Redis killed in the middle of it.
+    for n in 0..50 {
+        alice.send_text(&format!("a{n}")).await;
+        bob.send_text(&format!("b{n}")).await;
+        if n == 25 {
+            redis.kill();
+        }
+    }
+    for node in &nodes {
+        node.wait_until_unavailable().await;
+    }
+    alice.say("during").await;
+    assert_eq!(alice.recv_error().await, ErrorCode::Unavailable);
+    let refused = nodes[1].client().name("carol").connect_rejected().await;
+    assert_eq!(refused.status, 503);
+    assert!(!refused.header("retry-after").is_empty());
+    let health = nodes[0].http("GET", "/healthz", &[]).await;
+    assert_eq!(health.status, 503);
+    assert_eq!(health.body, "redis unavailable");
+
+    redis.restart().await;
+    for node in &nodes {
+        tokio::time::timeout(CLUSTER_WAIT, node.wait_until_available())
+            .await
+            .expect("the node is back within the reconnect backoff");
+    }
+    alice.say("after").await;
+    read_until(&mut alice, &mut seen_alice, "after").await;
+    read_until(&mut bob, &mut seen_bob, "after").await;
+    for (who, seen) in [("alice", &seen_alice), ("bob", &seen_bob)] {
+        seen.assert_unbroken(who);
+        let before = seen.messages.first().expect("before").id;
+        let after = seen.messages.last().expect("after").id;
+        assert!(
+            after > before,
+            "{who}: ids continue upward ({before} then {after})"
+        );
+        assert!(
+            !seen.messages.iter().any(|m| m.text == "during"),
+            "{who} got a message refused during the outage"
+        );
+    }
+    // Both members saw the same messages with the same ids.
+    let ids = |seen: &Seen| {
+        seen.messages
+            .iter()
+            .map(|m| (m.id, m.text.clone()))
+            .collect::<Vec<_>>()
+    };
+    let alice_ids: BTreeSet<_> = ids(&seen_alice).into_iter().collect();
+    let bob_ids: BTreeSet<_> = ids(&seen_bob).into_iter().collect();
+    assert!(
+        alice_ids.iter().filter(|m| bob_ids.contains(m)).count() >= 2,
+        "the two members agree on ids"
+    );
+    let text = nodes[0].metrics().render();
+    assert!(text.contains("wschat_redis_up 1"), "{text}");
+    assert!(text.contains("wschat_redis_reconnects_total 1"), "{text}");
+}
+
+#[tokio::test]
+async fn a_dropped_subscription_is_refilled_from_history_in_order() {
+    const BURST: usize = 200;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let nodes = TestServer::start_cluster(&redis, 2, |config| {
+        config.rate_limit = 0;
+        config.history = 1000;
+    })
+    .await;
+    let mut sender = nodes[0].client().name("sender").connect_ok().await;
+    let mut reader = nodes[1].client().name("reader").connect_ok().await;
+    let killer = tokio::spawn(async move {
+        for n in 0..BURST {
+            sender.send_text(&format!("m{n}")).await;
+        }
+        sender
+    });
+    // Subscriptions of both nodes drop while the burst is under way; Redis keeps everything.
+    let killed: i64 = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    assert!(killed >= 1, "a subscription was killed");
+    let mut sender = killer.await.expect("sender");
+    for node in &nodes {
+        tokio::time::timeout(CLUSTER_WAIT, node.wait_until_available())
+            .await
+            .expect("the node resubscribes");
+    }
+    sender.say("last").await;
+    let mut seen = Seen::default();
+    read_until(&mut reader, &mut seen, "last").await;
+    seen.assert_unbroken("reader");
+    assert!(
+        seen.gaps.is_empty(),
+        "everything was refilled: {:?}",
+        seen.gaps
+    );
+    let first = seen.messages.first().expect("messages").id;
+    assert_eq!(first, 1, "from the first message on");
+}
+
+/// The `wschat` binary as a cluster node, so it can be killed with SIGKILL.
+async fn spawn_binary_node(
+    redis: &RedisServer,
+    token: &str,
+) -> (tokio::process::Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wschat"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            token,
+            "--redis-url",
+            &redis.url(),
+            "--node-timeout",
+            "1s",
+        ])
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the wschat binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let line = tokio::time::timeout(CLUSTER_WAIT, BufReader::new(stdout).lines().next_line())
+        .await
+        .expect("a listening line")
+        .expect("readable stdout")
+        .expect("a line");
+    let addr: SocketAddr = line
+        .strip_prefix("wschat listening on ws://")
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+        .parse()
+        .expect("an address");
+    tokio::time::timeout(CLUSTER_WAIT, async {
+        while healthz(addr).await != 200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the node reaches redis");
+    (child, addr)
+}
+
+async fn healthz(addr: SocketAddr) -> u16 {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return 0;
+    };
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_members_of_a_node_killed_with_sigkill_leave_within_the_node_timeout() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let survivor = TestServer::start_node(&redis, |config| {
+        config.node_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let (mut doomed, addr) = spawn_binary_node(&redis, survivor.token()).await;
+    let mut alice = survivor.client().name("alice").connect_ok().await;
+    let bob = ClientBuilder::new(addr)
+        .token(survivor.token())
+        .name("bob")
+        .connect_ok()
+        .await;
+    assert_eq!(bob.welcome().members, ["alice", "bob"]);
+    match alice.recv().await {
+        ServerEvent::Join { user, .. } => assert_eq!(user, "bob"),
+        other => panic!("expected bob's join, got {other:?}"),
+    }
+    doomed.start_kill().expect("SIGKILL");
+    doomed.wait().await.expect("the node died");
+    // The lease (1 s) runs out and a survivor's reaper (every third of that) removes bob.
+    let left = tokio::time::timeout(CLUSTER_WAIT, alice.recv())
+        .await
+        .expect("bob leaves within the node timeout");
+    match left {
+        ServerEvent::Leave { user, .. } => assert_eq!(user, "bob"),
+        other => panic!("expected bob's leave, got {other:?}"),
+    }
+    drop(bob);
+    // The name is free again anywhere in the cluster, and live members were never expired.
+    let again = survivor.client().name("bob").connect_ok().await;
+    assert_eq!(again.welcome().members, ["alice", "bob"]);
+}
+
+#[tokio::test]
+async fn a_node_that_shuts_down_removes_its_members_at_once() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let nodes = TestServer::start_cluster(&redis, 2, |_| {}).await;
+    let mut alice = nodes[0].client().name("alice").connect_ok().await;
+    let _bob = nodes[1].client().name("bob").connect_ok().await;
+    alice.recv().await; // bob's join
+    let mut nodes = nodes;
+    let leaving = nodes.pop().expect("two nodes");
+    leaving.shutdown().await;
+    match alice.recv().await {
+        ServerEvent::Leave { user, .. } => assert_eq!(user, "bob"),
+        other => panic!("expected bob's leave, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_cluster_node_shows_its_redis_metrics_from_the_first_scrape() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let node = TestServer::start_node(&redis, |_| {}).await;
+    let text = node.http("GET", "/metrics", &[]).await.body;
+    for series in [
+        "wschat_redis_up 1",
+        "wschat_redis_reconnects_total 0",
+        "wschat_messages_refilled_total 0",
+        "wschat_gaps_announced_total 0",
+        "wschat_redis_publish_seconds_count 0",
+    ] {
+        assert!(
+            text.lines().any(|line| line == series),
+            "{series} in:\n{text}"
+        );
+    }
+}
