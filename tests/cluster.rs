@@ -339,6 +339,91 @@ async fn a_dropped_subscription_is_refilled_from_history_in_order() {
     assert_eq!(first, 1, "from the first message on");
 }
 
+/// A node cut off from Redis while Redis stays up and the other node keeps posting: when it is
+/// back, its members get what they missed from the stored history, in order, and what history
+/// no longer holds is announced as one `gap` with its exact ends.
+///
+/// The node logs in as its own Redis user, so the test can shut it out (`ACL SETUSER … off`,
+/// `CLIENT KILL USER …`) while the other node keeps working, and let it back in.
+#[rstest]
+#[case::all_in_history(50, None)]
+#[case::history_trimmed(5, Some((2, 16)))]
+#[tokio::test]
+async fn a_node_cut_off_refills_what_it_missed_and_announces_only_what_is_gone(
+    #[case] history: usize,
+    #[case] gap: Option<(u64, u64)>,
+) {
+    const MISSED: u64 = 20;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    redis
+        .command::<()>(&[
+            "ACL", "SETUSER", "cutoff", "on", ">secret", "~*", "&*", "+@all",
+        ])
+        .await;
+    let adjust = |config: &mut wschat_testkit::Config| {
+        config.rate_limit = 0;
+        config.history = history;
+    };
+    let steady = TestServer::start_node(&redis, adjust).await;
+    let mut config = TestServer::config();
+    adjust(&mut config);
+    config.token = wschat_testkit::Token::new(steady.token());
+    let url = redis
+        .url()
+        .replacen("redis://", "redis://cutoff:secret@", 1);
+    config.redis_url = Some(wschat_testkit::RedisUrl::new(url).expect("a redis url"));
+    let cut = TestServer::start_config(config).await;
+    cut.wait_until_available().await;
+
+    let mut sender = steady.client().name("sender").connect_ok().await;
+    let mut reader = cut.client().name("reader").connect_ok().await;
+    let mut seen = Seen::default();
+    sender.say("m1").await;
+    assert_eq!(sender.recv_message().await.id, 1);
+    read_until(&mut reader, &mut seen, "m1").await;
+
+    redis
+        .command::<()>(&["ACL", "SETUSER", "cutoff", "off"])
+        .await;
+    let killed: i64 = redis.command(&["CLIENT", "KILL", "USER", "cutoff"]).await;
+    assert!(killed >= 2, "both of the node's connections were cut");
+    cut.wait_until_unavailable().await;
+    for n in 2..=MISSED + 1 {
+        sender.say(&format!("m{n}")).await;
+        assert_eq!(sender.recv_message().await.id, n);
+    }
+    redis
+        .command::<()>(&["ACL", "SETUSER", "cutoff", "on"])
+        .await;
+    tokio::time::timeout(CLUSTER_WAIT, cut.wait_until_available())
+        .await
+        .expect("the node is back");
+    sender.say("last").await;
+    read_until(&mut reader, &mut seen, "last").await;
+
+    seen.assert_unbroken("reader");
+    assert_eq!(seen.gaps.first().copied(), gap, "the announced gap");
+    assert!(seen.gaps.len() <= 1, "{:?}", seen.gaps);
+    let ids: Vec<u64> = seen.messages.iter().map(|m| m.id).collect();
+    let first_refilled = gap.map_or(2, |(_, to)| to + 1);
+    let mut expected = vec![1];
+    expected.extend(first_refilled..=MISSED + 2);
+    assert_eq!(ids, expected, "refilled in order, then the live message");
+    let refilled = MISSED + 1 - first_refilled + 1;
+    let metrics = cut.metrics().render();
+    assert!(
+        metrics.contains(&format!("wschat_messages_refilled_total {refilled}")),
+        "{metrics}"
+    );
+    let announced = u64::from(gap.is_some());
+    assert!(
+        metrics.contains(&format!("wschat_gaps_announced_total {announced}")),
+        "{metrics}"
+    );
+}
+
 /// The `wschat` binary as a cluster node, so it can be killed with SIGKILL.
 async fn spawn_binary_node(
     redis: &RedisServer,
