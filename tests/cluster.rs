@@ -424,41 +424,16 @@ async fn a_node_cut_off_refills_what_it_missed_and_announces_only_what_is_gone(
     );
 }
 
-/// The `wschat` binary as a cluster node, so it can be killed with SIGKILL.
+/// The `wschat` binary as a cluster node on `redis_url`, with `env` added to a clean
+/// environment: a real process, which a test can kill with SIGKILL. Returns once the node
+/// reached Redis (`/healthz` says `200`).
 async fn spawn_binary_node(
-    redis: &RedisServer,
+    redis_url: &str,
     token: &str,
+    env: &[(&str, &str)],
 ) -> (tokio::process::Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wschat"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--token",
-            token,
-            "--redis-url",
-            &redis.url(),
-            "--node-timeout",
-            "1s",
-        ])
-        .env_clear()
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the wschat binary starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let line = tokio::time::timeout(CLUSTER_WAIT, BufReader::new(stdout).lines().next_line())
-        .await
-        .expect("a listening line")
-        .expect("readable stdout")
-        .expect("a line");
-    let addr: SocketAddr = line
-        .strip_prefix("wschat listening on ws://")
-        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-        .parse()
-        .expect("an address");
+    let (child, addr) = spawn_binary(redis_url, token, env, Stdio::null());
+    let addr = addr.await;
     tokio::time::timeout(CLUSTER_WAIT, async {
         while healthz(addr).await != 200 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -467,6 +442,99 @@ async fn spawn_binary_node(
     .await
     .expect("the node reaches redis");
     (child, addr)
+}
+
+/// Starts the binary; the future gives the address of its listening line.
+fn spawn_binary(
+    redis_url: &str,
+    token: &str,
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> (
+    tokio::process::Child,
+    impl std::future::Future<Output = SocketAddr>,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wschat"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            token,
+            "--redis-url",
+            redis_url,
+            "--node-timeout",
+            "1s",
+        ])
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the wschat binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let addr = async move {
+        let line = tokio::time::timeout(CLUSTER_WAIT, BufReader::new(stdout).lines().next_line())
+            .await
+            .expect("a listening line")
+            .expect("readable stdout")
+            .expect("a line");
+        line.strip_prefix("wschat listening on ws://")
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+            .parse()
+            .expect("an address")
+    };
+    (child, addr)
+}
+
+/// `rediss://`: a node reaches Redis over TLS, verifying its certificate against the roots it
+/// trusts (here a test CA, through `SSL_CERT_FILE`), and chats with a node on the plain port.
+#[tokio::test]
+async fn a_node_joins_over_tls_and_refuses_a_certificate_it_does_not_trust() {
+    let ca = wschat_testkit::TestCa::new();
+    let Some(redis) = RedisServer::start_tls(&ca).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.ca_pem()).expect("write the CA");
+    let ca_file = ca_file.display().to_string();
+
+    let plain = TestServer::start_node(&redis, |_| {}).await;
+    let (_tls_node, addr) = spawn_binary_node(
+        &redis.tls_url(),
+        plain.token(),
+        &[("SSL_CERT_FILE", &ca_file)],
+    )
+    .await;
+    let mut alice = ClientBuilder::new(addr)
+        .token(plain.token())
+        .name("alice")
+        .connect_ok()
+        .await;
+    let mut bob = plain.client().name("bob").connect_ok().await;
+    alice.say("over tls").await;
+    assert_eq!(bob.recv_message().await.text, "over tls");
+
+    // Without the CA, the certificate is refused: the node never reaches Redis.
+    let (mut untrusting, listening) =
+        spawn_binary(&redis.tls_url(), plain.token(), &[], Stdio::piped());
+    listening.await;
+    let stderr = untrusting.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let refusal = tokio::time::timeout(CLUSTER_WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("cannot reach redis") {
+                return line;
+            }
+        }
+        panic!("the node's log ended without saying why");
+    })
+    .await
+    .expect("the node says it cannot reach redis");
+    assert!(refusal.to_lowercase().contains("certificate"), "{refusal}");
 }
 
 async fn healthz(addr: SocketAddr) -> u16 {
@@ -495,7 +563,7 @@ async fn the_members_of_a_node_killed_with_sigkill_leave_within_the_node_timeout
         config.node_timeout = Duration::from_secs(1);
     })
     .await;
-    let (mut doomed, addr) = spawn_binary_node(&redis, survivor.token()).await;
+    let (mut doomed, addr) = spawn_binary_node(&redis.url(), survivor.token(), &[]).await;
     let mut alice = survivor.client().name("alice").connect_ok().await;
     let bob = ClientBuilder::new(addr)
         .token(survivor.token())

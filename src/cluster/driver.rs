@@ -83,6 +83,8 @@ impl ClusterDriver {
     pub async fn run(mut self, hub: Hub, stop: CancellationToken) {
         let mut backoff = FIRST_BACKOFF;
         let mut ever_connected = false;
+        // One warning per outage; the retries after it are logged at debug level.
+        let mut outage_reported = false;
         loop {
             let connected = tokio::select! {
                 () = stop.cancelled() => return,
@@ -91,7 +93,12 @@ impl ClusterDriver {
             let mut link = match connected {
                 Ok(link) => link,
                 Err(error) => {
-                    tracing::warn!(error = %RedactedError(&error), retry_in = ?backoff, "cannot reach redis");
+                    if outage_reported {
+                        tracing::debug!(error = %RedactedError(&error), retry_in = ?backoff, "cannot reach redis");
+                    } else {
+                        tracing::warn!(error = %RedactedError(&error), "cannot reach redis; retrying with backoff up to 2s");
+                        outage_reported = true;
+                    }
                     if self.wait_while_down(backoff, &stop).await {
                         return;
                     }
@@ -109,6 +116,7 @@ impl ClusterDriver {
                 continue;
             }
             backoff = FIRST_BACKOFF;
+            outage_reported = false;
             if ever_connected {
                 self.cluster.metrics.redis_reconnected();
             }

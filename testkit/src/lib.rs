@@ -51,7 +51,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 mod redis;
+mod tls;
 pub use redis::RedisServer;
+pub use tls::TestCa;
 pub use tokio_tungstenite::tungstenite;
 pub use wschat::protocol::{ChatMessage, ErrorCode, ServerEvent};
 pub use wschat::{AuthFailureMode, Config, Metrics, RedisUrl, Token};

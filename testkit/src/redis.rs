@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use redis::{AsyncConnectionConfig, FromRedisValue, RedisResult};
 use tempfile::TempDir;
 
-use crate::DEFAULT_TIMEOUT;
+use crate::{TestCa, DEFAULT_TIMEOUT};
 
 /// How long one `redis-server` may take to answer `PING` after it is spawned, and how long
 /// [`RedisServer::restart`] keeps trying to get its port back.
@@ -87,6 +87,10 @@ const SKIP_NOTICE: &str = "
 pub struct RedisServer {
     binary: PathBuf,
     port: u16,
+    /// The TLS port of a server started with [`RedisServer::start_tls`].
+    tls_port: Option<u16>,
+    /// Arguments beyond the common ones (the TLS setup), kept for restarts.
+    extra_args: Vec<String>,
     /// The current process, or the last one once it has been killed.
     child: Child,
     /// Holds the log; removed on drop, after `child` is killed.
@@ -112,17 +116,73 @@ impl RedisServer {
     /// # }
     /// ```
     pub async fn start() -> Option<Self> {
+        Self::start_with(|_| (None, Vec::new())).await
+    }
+
+    /// Starts a server that also serves TLS (`rediss://`, see [`RedisServer::tls_url`]) with a
+    /// certificate for `localhost` and `127.0.0.1` issued by `ca`. Clients are not asked for
+    /// certificates. The plain port stays open for [`RedisServer::command`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let ca = wschat_testkit::TestCa::new();
+    /// let Some(redis) = wschat_testkit::RedisServer::start_tls(&ca).await else {
+    ///     return;
+    /// };
+    /// assert!(redis.tls_url().starts_with("rediss://localhost:"));
+    /// # }
+    /// ```
+    pub async fn start_tls(ca: &TestCa) -> Option<Self> {
+        let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+        Self::start_with(|dir| {
+            let write = |name: &str, pem: &str| {
+                let path = dir.join(name);
+                std::fs::write(&path, pem)
+                    .unwrap_or_else(|error| panic!("cannot write {}: {error}", path.display()));
+                path.display().to_string()
+            };
+            let tls_port = free_port();
+            let args = vec![
+                "--tls-port".to_owned(),
+                tls_port.to_string(),
+                "--tls-cert-file".to_owned(),
+                write("server.pem", &cert),
+                "--tls-key-file".to_owned(),
+                write("server.key", &key),
+                "--tls-ca-cert-file".to_owned(),
+                write("ca.pem", ca.ca_pem()),
+                "--tls-auth-clients".to_owned(),
+                "no".to_owned(),
+            ];
+            (Some(tls_port), args)
+        })
+        .await
+    }
+
+    /// `rediss://localhost:PORT/`, for a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let port = self
+            .tls_port
+            .unwrap_or_else(|| panic!("this redis-server was not started with TLS"));
+        format!("rediss://localhost:{port}/")
+    }
+
+    async fn start_with(setup: impl FnOnce(&Path) -> (Option<u16>, Vec<String>)) -> Option<Self> {
         let binary = redis_server_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("wschat-redis-")
             .tempdir()
             .unwrap_or_else(|error| panic!("cannot create a directory for redis-server: {error}"));
+        let (tls_port, extra_args) = setup(dir.path());
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            if let Launch::Ready(child) = launch(&binary, dir.path(), port).await {
+            if let Launch::Ready(child) = launch(&binary, dir.path(), port, &extra_args).await {
                 return Some(Self {
                     binary,
                     port,
+                    tls_port,
+                    extra_args,
                     child,
                     dir,
                 });
@@ -190,7 +250,7 @@ impl RedisServer {
         self.kill();
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            match launch(&self.binary, self.dir.path(), self.port).await {
+            match launch(&self.binary, self.dir.path(), self.port, &self.extra_args).await {
                 Launch::Ready(child) => {
                     self.child = child;
                     return;
@@ -260,7 +320,7 @@ enum Launch {
 ///
 /// Panics with the end of its log if it exits for any other reason than a taken port, or is not
 /// ready within [`START_TIMEOUT`].
-async fn launch(binary: &Path, dir: &Path, port: u16) -> Launch {
+async fn launch(binary: &Path, dir: &Path, port: u16, extra_args: &[String]) -> Launch {
     let log_path = dir.join(LOG_FILE);
     // Each run appends to the same log; only this run's part tells why it failed.
     let log_start = std::fs::metadata(&log_path).map_or(0, |meta| meta.len());
@@ -283,6 +343,7 @@ async fn launch(binary: &Path, dir: &Path, port: u16) -> Launch {
         .arg("--logfile")
         .arg(&log_path)
         .args(["--daemonize", "no"])
+        .args(extra_args)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(stderr)
