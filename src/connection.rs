@@ -449,8 +449,13 @@ impl Connection {
                             return ending;
                         },
                         Err(SayError::NotAMember) => return Ending::SlowConsumer,
-                        Err(SayError::Unavailable) => {
-                            let error = error_event(ErrorCode::Unavailable, "the chat is unavailable; the message was not posted");
+                        Err(SayError::Unavailable { maybe_posted }) => {
+                            let message = if maybe_posted {
+                                "the chat did not confirm the message; it may not have been posted"
+                            } else {
+                                "the chat is unavailable; the message was not posted"
+                            };
+                            let error = error_event(ErrorCode::Unavailable, message);
                             if let Err(ending) = self.write(Some(error)).await {
                                 return ending;
                             }

@@ -15,7 +15,7 @@
 //! Each event is serialized once; the resulting `Utf8Bytes` is reference-counted, so every
 //! recipient shares the same allocation.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -23,7 +23,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::queue::{event_queue, EventQueue, EventSender, Full, Kick};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::cluster::{Cluster, Unavailable};
+use crate::cluster::{Cluster, PostFailed, Unavailable};
 use crate::handshake::Rejection;
 use crate::metrics::Metrics;
 use crate::protocol::{encode_welcome, ChatMessage, ServerEvent};
@@ -73,10 +73,14 @@ struct Room {
 
 struct RoomState {
     members: Vec<Member>,
-    /// Names promised to handshakes that have not finished upgrading yet.
-    reserved: HashSet<String>,
+    /// Names promised to handshakes that have not finished upgrading yet, with the connection
+    /// id each will have.
+    reserved: HashMap<String, u64>,
     /// Handshakes waiting for Redis to confirm a name: the room must not be evicted meanwhile.
     claiming: usize,
+    /// In a cluster: whether this room is subscribed and up to date, so the driver delivers
+    /// to it. Set and cleared by the driver only.
+    synced: bool,
     /// In memory, the id the next message gets; in a cluster, one past the last id delivered.
     next_id: u64,
     /// The room's recent `message` frames, exactly as broadcast: a welcome embeds these bytes.
@@ -139,6 +143,7 @@ impl Hub {
         if !cluster.is_up() {
             return Err(Rejection::Unavailable);
         }
+        let connection = self.next_connection_id();
         let room = {
             let mut registry = lock(&self.inner.registry);
             let room = match registry.rooms.get(room) {
@@ -146,24 +151,60 @@ impl Hub {
                 None => self.create_room(&mut registry, room)?,
             };
             let mut state = lock(&room.state);
-            if name.as_ref().is_some_and(|name| state.is_taken(name)) {
-                return Err(Rejection::NameTaken);
+            if let Some(name) = &name {
+                if state.is_taken(name) {
+                    return Err(Rejection::NameTaken);
+                }
+                // Held here while Redis is asked, so a second handshake on this node for the
+                // same name is refused at once instead of racing it.
+                state.reserved.insert(name.clone(), connection);
             }
             state.claiming += 1;
             drop(state);
             room
         };
-        let claimed = cluster.claim(&room.name, name.as_deref()).await;
+        let mut pending = PendingClaim {
+            cluster,
+            room: &room,
+            name: name.as_deref(),
+            connection,
+            done: false,
+        };
+        let claimed = cluster.claim(&room.name, name.as_deref(), connection).await;
+        pending.done = true;
+        drop(pending);
         let mut state = lock(&room.state);
         state.claiming -= 1;
-        let name = claimed?;
-        state.reserved.insert(name.clone());
-        drop(state);
-        Ok(Reservation {
-            hub: self.clone(),
-            room,
-            name: Some(name),
-        })
+        match claimed {
+            Ok(claimed) => {
+                state.reserved.insert(claimed.clone(), connection);
+                drop(state);
+                Ok(Reservation {
+                    hub: self.clone(),
+                    room: Arc::clone(&room),
+                    name: Some(claimed),
+                    connection,
+                })
+            }
+            Err(rejection) => {
+                if let Some(name) = &name {
+                    state.reserved.remove(name);
+                }
+                if rejection == Rejection::Unavailable {
+                    // The reply was lost, not necessarily the claim: undo whatever Redis did.
+                    let name = name.clone().unwrap_or_default();
+                    cluster.release(&room.name, name, connection, false);
+                }
+                if state.is_idle() {
+                    cluster.room_empty(&room.name);
+                }
+                Err(rejection)
+            }
+        }
+    }
+
+    fn next_connection_id(&self) -> u64 {
+        self.inner.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
     fn reserve_here(&self, room: &str, name: Option<String>) -> Result<Reservation, Rejection> {
@@ -186,12 +227,14 @@ impl Hub {
                 }
             },
         };
-        state.reserved.insert(name.clone());
+        let connection = self.next_connection_id();
+        state.reserved.insert(name.clone(), connection);
         drop(state);
         Ok(Reservation {
             hub: self.clone(),
             room,
             name: Some(name),
+            connection,
         })
     }
 
@@ -228,8 +271,9 @@ impl Hub {
             name: Arc::from(name),
             state: Mutex::new(RoomState {
                 members: Vec::new(),
-                reserved: HashSet::new(),
+                reserved: HashMap::new(),
                 claiming: 0,
+                synced: false,
                 next_id,
                 history: VecDeque::new(),
                 last_active: Instant::now(),
@@ -273,7 +317,7 @@ impl Registry {
 
 impl RoomState {
     fn is_taken(&self, name: &str) -> bool {
-        self.reserved.contains(name) || self.members.iter().any(|member| member.name == name)
+        self.reserved.contains_key(name) || self.members.iter().any(|member| member.name == name)
     }
 
     fn is_idle(&self) -> bool {
@@ -320,8 +364,8 @@ impl RoomState {
             let member = self.members.swap_remove(index);
             member.events.kick(Kick::SlowConsumer);
             if let Backend::Redis(cluster) = backend {
-                cluster.release(room, member.name, true);
-                if self.members.is_empty() {
+                cluster.release(room, member.name, member.connection, true);
+                if self.is_idle() {
                     cluster.room_empty(room);
                 }
                 continue;
@@ -362,6 +406,38 @@ pub struct Reservation {
     hub: Hub,
     room: Arc<Room>,
     name: Option<String>,
+    /// The id the connection will have; in a cluster, part of the name's holder in Redis.
+    connection: u64,
+}
+
+/// A name being claimed in Redis for a handshake. If the handshake is dropped while it waits
+/// (the client hung up, the server is shutting down), this undoes the claim, whatever Redis
+/// did with it.
+struct PendingClaim<'a> {
+    cluster: &'a Cluster,
+    room: &'a Arc<Room>,
+    name: Option<&'a str>,
+    connection: u64,
+    done: bool,
+}
+
+impl Drop for PendingClaim<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut state = lock(&self.room.state);
+        state.claiming -= 1;
+        if let Some(name) = self.name {
+            state.reserved.remove(name);
+        }
+        let name = self.name.unwrap_or_default().to_owned();
+        self.cluster
+            .release(&self.room.name, name, self.connection, false);
+        if state.is_idle() {
+            self.cluster.room_empty(&self.room.name);
+        }
+    }
 }
 
 /// What a connection gets when it joins.
@@ -405,11 +481,7 @@ impl Reservation {
     fn join_here(mut self, cluster_members: Option<Vec<String>>) -> Joined {
         let name = self.name.take().unwrap_or_default();
         let (events_tx, events) = event_queue(self.hub.inner.limits.send_queue);
-        let connection = self
-            .hub
-            .inner
-            .next_connection
-            .fetch_add(1, Ordering::Relaxed);
+        let connection = self.connection;
         let room_name = Arc::clone(&self.room.name);
 
         let mut state = lock(&self.room.state);
@@ -451,9 +523,13 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(name) = self.name.take() {
-            lock(&self.room.state).reserved.remove(&name);
+            let mut state = lock(&self.room.state);
+            state.reserved.remove(&name);
             if let Backend::Redis(cluster) = &self.hub.inner.backend {
-                cluster.release(&self.room.name, name, false);
+                cluster.release(&self.room.name, name, self.connection, false);
+                if state.is_idle() {
+                    cluster.room_empty(&self.room.name);
+                }
             }
         }
     }
@@ -499,7 +575,7 @@ impl Membership {
         cluster
             .post(&self.room.name, &self.name, &text, floor)
             .await
-            .map_err(|Unavailable| SayError::Unavailable)?;
+            .map_err(|PostFailed { maybe_posted }| SayError::Unavailable { maybe_posted })?;
         // The message reaches this node's members from the driver; a backlog shows there.
         Ok(Backlog(false))
     }
@@ -545,8 +621,9 @@ pub struct Backlog(pub bool);
 pub enum SayError {
     /// The hub had already removed the member that tried to post.
     NotAMember,
-    /// The cluster's Redis cannot be reached.
-    Unavailable,
+    /// The cluster's Redis cannot be reached. With `maybe_posted`, the request was sent but
+    /// not confirmed: it may have been posted all the same.
+    Unavailable { maybe_posted: bool },
 }
 
 impl Drop for Membership {
@@ -563,8 +640,8 @@ impl Drop for Membership {
         state.members.remove(index);
         state.last_active = Instant::now();
         if let Backend::Redis(cluster) = &self.hub.inner.backend {
-            cluster.release(&self.room.name, self.name.clone(), true);
-            if state.members.is_empty() {
+            cluster.release(&self.room.name, self.name.clone(), self.connection, true);
+            if state.is_idle() {
                 cluster.room_empty(&self.room.name);
             }
             return;
@@ -581,43 +658,71 @@ impl Drop for Membership {
     }
 }
 
-/// What the cluster driver does to this node's rooms: it alone delivers in a cluster.
+/// What the cluster driver does to this node's rooms: it alone delivers in a cluster, and only
+/// to rooms it has brought up to date (`synced`).
 impl Hub {
     fn room(&self, name: &str) -> Option<Arc<Room>> {
         lock(&self.inner.registry).rooms.get(name).cloned()
     }
 
-    /// Rooms this node has members in.
-    pub(crate) fn occupied_rooms(&self) -> Vec<Arc<str>> {
+    /// Rooms this node has members, reservations or pending claims in: those it must stay
+    /// subscribed to.
+    pub(crate) fn busy_rooms(&self) -> Vec<Arc<str>> {
         let registry = lock(&self.inner.registry);
         registry
             .rooms
             .values()
-            .filter(|room| !lock(&room.state).members.is_empty())
+            .filter(|room| !lock(&room.state).is_idle())
             .map(|room| Arc::clone(&room.name))
             .collect()
     }
 
-    /// Every name this node holds, members and reservations, by room.
-    pub(crate) fn local_members(&self) -> Vec<(Arc<str>, String)> {
+    /// Every name this node holds, members and reservations: `(room, name, connection)`.
+    pub(crate) fn held_names(&self) -> Vec<(Arc<str>, String, u64)> {
         let registry = lock(&self.inner.registry);
         let mut names = Vec::new();
         for room in registry.rooms.values() {
             let state = lock(&room.state);
-            let held = state.members.iter().map(|m| &m.name).chain(&state.reserved);
-            names.extend(held.map(|name| (Arc::clone(&room.name), name.clone())));
+            let members = state.members.iter().map(|m| (&m.name, m.connection));
+            let reserved = state.reserved.iter().map(|(name, &id)| (name, id));
+            for (name, connection) in members.chain(reserved) {
+                names.push((Arc::clone(&room.name), name.clone(), connection));
+            }
         }
         names
     }
 
-    pub(crate) fn has_members(&self, room: &str) -> bool {
+    /// Whether nobody here needs `room` any more (or it is gone).
+    pub(crate) fn is_idle(&self, room: &str) -> bool {
         self.room(room)
-            .is_some_and(|room| !lock(&room.state).members.is_empty())
+            .is_none_or(|room| lock(&room.state).is_idle())
     }
 
-    /// The last id delivered in `room` here, if this node has the room.
-    pub(crate) fn last_delivered(&self, room: &str) -> Option<u64> {
-        self.room(room).map(|room| lock(&room.state).next_id - 1)
+    pub(crate) fn is_synced(&self, room: &str) -> bool {
+        self.room(room).is_some_and(|room| lock(&room.state).synced)
+    }
+
+    /// Marks `room` as up to date (the driver has subscribed and synced it) or not.
+    pub(crate) fn set_synced(&self, room: &str, synced: bool) {
+        if let Some(room) = self.room(room) {
+            lock(&room.state).synced = synced;
+        }
+    }
+
+    /// Marks every room out of date: the subscription is gone.
+    pub(crate) fn unsync_all(&self) {
+        let registry = lock(&self.inner.registry);
+        for room in registry.rooms.values() {
+            lock(&room.state).synced = false;
+        }
+    }
+
+    /// The last id delivered in `room` here, if the room is subscribed and up to date, or is
+    /// being synced (`syncing`).
+    pub(crate) fn last_delivered(&self, room: &str, syncing: bool) -> Option<u64> {
+        let room = self.room(room)?;
+        let state = lock(&room.state);
+        (state.synced || syncing).then(|| state.next_id - 1)
     }
 
     /// Delivers message `id` unless it was delivered already; ids skipped to reach it are
@@ -670,11 +775,14 @@ impl Hub {
         }
     }
 
-    /// Delivers a `join` or `leave` from another node (or this one) to the local members, but
-    /// not to `except`, the member who joined.
+    /// Delivers a `join` or `leave` from another node (or this one) to the local members of a
+    /// synced room, but not to `except`, the member who joined.
     pub(crate) fn deliver_presence(&self, room: &str, frame: Utf8Bytes, except: Option<&str>) {
         let Some(room) = self.room(room) else { return };
         let mut state = lock(&room.state);
+        if !state.synced {
+            return;
+        }
         state.last_active = Instant::now();
         state.broadcast(&room.name, frame, except, &self.inner.backend);
     }

@@ -5,8 +5,10 @@
 //! Everything that touches the subscription or a room's last delivered id happens here, one
 //! step at a time, so a refill can never race a live delivery. Connections reach the driver
 //! through `Control` requests; posts and claims go straight to Redis on the shared connection.
+//! A room is delivered to only while it is `synced`: subscribed, and brought up to date from
+//! Redis after the subscription began. Losing the link unsyncs every room.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,13 +17,13 @@ use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, RedisResult};
 use tokio::sync::mpsc;
-use tokio::time::{sleep_until, Instant, MissedTickBehavior};
+use tokio::time::{sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    join_frame, leave_frame, random_id, Cluster, Control, RoomKeys, Unavailable, EPOCH_KEY,
-    NODES_KEY, PREFIX,
+    join_frame, leave_frame, random_id, Cluster, Control, Release, RoomKeys, Unavailable,
+    EPOCH_KEY, GUESTS_KEY, NODES_KEY, PREFIX,
 };
 use crate::hub::{lock, Hub};
 use crate::protocol::RoomFrame;
@@ -33,28 +35,39 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Redis's return, and a node retrying every 2 s at worst finds it well within that.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Bounds connecting and every command, so a Redis that stopped answering reads as down
-/// instead of hanging handshakes and posts.
+/// Bounds connecting and every command, the subscription's included, so a Redis that stopped
+/// answering (or a path that went dead without a reset) reads as down instead of hanging
+/// handshakes, posts and the driver itself.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// After Redis lost its data (restarted without persistence), a node waits this long before it
-/// posts again, so that every other node (each retrying at most `MAX_BACKOFF` apart) has
-/// reconnected and raised the room sequences to the ids its members saw. Without it, a node
-/// that saw fewer ids could hand out an id another node's members already have.
-pub(super) const DATA_LOSS_HOLD: Duration = Duration::from_secs(3);
+/// How long a joining connection waits for the driver to subscribe and sync its room; the
+/// driver may first be restoring many rooms after a reconnection.
+pub(super) const SUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
 
-/// Leases are renewed this many times per `--node-timeout`, so one late renewal is harmless.
-const RENEWALS_PER_TIMEOUT: u32 = 3;
+/// After Redis lost its data (restarted without persistence), a node waits this long before it
+/// serves again, so that every other node has reconnected and raised the room sequences to the
+/// ids its members saw. A node retrying at most `MAX_BACKOFF` apart, each attempt bounded by
+/// the connect and response timeouts, is back within it. Without the wait, a node that saw
+/// fewer ids could hand out an id another node's members already have.
+pub(super) const DATA_LOSS_HOLD: Duration = Duration::from_secs(6);
+
+/// Every node renews its lease and looks for expired ones this many times per
+/// `--node-timeout`. A lease lasts two of those periods: one late renewal is harmless, and a
+/// dead node's members are removed within one timeout of its last renewal (its lease runs out
+/// after two periods, and some node's reaper runs within the third).
+const TICKS_PER_TIMEOUT: u32 = 3;
+const LEASE_TICKS: u32 = 2;
 
 /// Runs a node's Redis link until the server stops. Created with its `Cluster`.
 pub struct ClusterDriver {
     cluster: Arc<Cluster>,
     requests: mpsc::UnboundedReceiver<Control>,
-    /// Rooms subscribed on the current link.
+    /// Channels subscribed on the current link.
     subscribed: HashSet<Arc<str>>,
-    /// Releases asked for while Redis was away, done when it is back.
-    pending_releases: Vec<(Arc<str>, String, bool)>,
+    /// Releases asked for while Redis was away, done in order when it is back. Bounded by the
+    /// connections that end during one outage.
+    pending_releases: VecDeque<Release>,
     /// The epoch of the data set this node last saw.
     epoch: Option<String>,
 }
@@ -72,14 +85,13 @@ impl ClusterDriver {
             cluster,
             requests,
             subscribed: HashSet::new(),
-            pending_releases: Vec::new(),
+            pending_releases: VecDeque::new(),
             epoch: None,
         }
     }
 
     /// Keeps the link up until `stop`, then removes the node's members and lease (its goodbye)
-    /// and returns. Call `stop` only once the node's connections have ended, so their `leave`s
-    /// are queued before the goodbye.
+    /// and returns. Call `stop` only once the node's connections have ended.
     pub async fn run(mut self, hub: Hub, stop: CancellationToken) {
         let mut backoff = FIRST_BACKOFF;
         let mut ever_connected = false;
@@ -90,52 +102,49 @@ impl ClusterDriver {
                 () = stop.cancelled() => return,
                 connected = self.connect() => connected,
             };
-            let mut link = match connected {
-                Ok(link) => link,
-                Err(error) => {
-                    if outage_reported {
-                        tracing::debug!(error = %RedactedError(&error), retry_in = ?backoff, "cannot reach redis");
-                    } else {
-                        tracing::warn!(error = %RedactedError(&error), "cannot reach redis; retrying with backoff up to 2s");
-                        outage_reported = true;
+            let failure = match connected {
+                Ok(mut link) => {
+                    *lock(&self.cluster.link) = Some(link.commands.clone());
+                    match self.restore(&hub, &mut link).await {
+                        Ok(()) => {
+                            backoff = FIRST_BACKOFF;
+                            outage_reported = false;
+                            if ever_connected {
+                                self.cluster.metrics.redis_reconnected();
+                            }
+                            ever_connected = true;
+                            self.cluster.up.store(true, Ordering::Release);
+                            self.cluster.metrics.redis_up(true);
+                            tracing::info!(node = %self.cluster.node, "redis link up");
+                            let served = self.serve(&hub, &mut link, &stop).await;
+                            if served.is_ok() {
+                                self.goodbye(&mut link.commands).await;
+                                self.link_lost(&hub);
+                                return;
+                            }
+                            self.link_lost(&hub);
+                            tracing::warn!(error = %served.unwrap_err(), "redis link lost; reconnecting");
+                            // Straight back: the link was fine a moment ago.
+                            continue;
+                        }
+                        Err(error) => {
+                            self.link_lost(&hub);
+                            error
+                        }
                     }
-                    if self.wait_while_down(backoff, &stop).await {
-                        return;
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
                 }
+                Err(error) => error,
             };
-            *lock(&self.cluster.link) = Some(link.commands.clone());
-            if let Err(error) = self.restore(&hub, &mut link).await {
-                tracing::warn!(error = %RedactedError(&error), "redis failed while the link was being restored");
-                self.link_lost();
-                if self.wait_while_down(backoff, &stop).await {
-                    return;
-                }
-                continue;
+            if outage_reported {
+                tracing::debug!(error = %failure, retry_in = ?backoff, "cannot reach redis");
+            } else {
+                tracing::warn!(error = %failure, "cannot reach redis; retrying with backoff up to 2s");
+                outage_reported = true;
             }
-            backoff = FIRST_BACKOFF;
-            outage_reported = false;
-            if ever_connected {
-                self.cluster.metrics.redis_reconnected();
+            if self.wait_while_down(backoff, &stop).await {
+                return;
             }
-            ever_connected = true;
-            self.cluster.up.store(true, Ordering::Release);
-            self.cluster.metrics.redis_up(true);
-            tracing::info!("redis link up");
-
-            match self.serve(&hub, &mut link, &stop).await {
-                Ok(()) => {
-                    self.goodbye(&mut link.commands).await;
-                    self.link_lost();
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(error = %RedactedError(&error), "redis link lost");
-                    self.link_lost();
-                }
-            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -148,14 +157,7 @@ impl ClusterDriver {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.cluster.client.get_async_pubsub())
-            .await
-            .map_err(|_| {
-                redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "subscription connection timed out",
-                ))
-            })??;
+        let pubsub = bounded(CONNECT_TIMEOUT, self.cluster.client.get_async_pubsub()).await?;
         let (subscriptions, messages) = pubsub.split();
         Ok(Link {
             commands,
@@ -164,12 +166,14 @@ impl ClusterDriver {
         })
     }
 
-    /// Marks the link down: posts and handshakes are refused until `restore` succeeds again.
-    fn link_lost(&mut self) {
+    /// Marks the link down: posts and handshakes are refused, and no room is delivered to,
+    /// until `restore` succeeds again.
+    fn link_lost(&mut self, hub: &Hub) {
         self.cluster.up.store(false, Ordering::Release);
         self.cluster.metrics.redis_up(false);
         *lock(&self.cluster.link) = None;
         self.subscribed.clear();
+        hub.unsync_all();
     }
 
     /// Waits `period` (or until `stop`, returning true) while answering requests as a node
@@ -180,52 +184,42 @@ impl ClusterDriver {
             tokio::select! {
                 () = stop.cancelled() => return true,
                 () = sleep_until(until) => return false,
-                Some(request) = self.requests.recv() => self.refuse(request),
+                Some(request) = self.requests.recv() => match request {
+                    Control::Subscribe { synced, .. } => {
+                        let _ = synced.send(Err(Unavailable));
+                    }
+                    Control::Release(release) => self.pending_releases.push_back(release),
+                    Control::RoomEmpty { .. } => {}
+                },
             }
         }
     }
 
-    fn refuse(&mut self, request: Control) {
-        match request {
-            Control::Subscribe { synced, .. } => {
-                let _ = synced.send(Err(Unavailable));
-            }
-            Control::Release {
-                room,
-                name,
-                announce,
-            } => self.pending_releases.push((room, name, announce)),
-            Control::RoomEmpty { .. } => {}
-        }
-    }
-
-    /// Brings a fresh link to where the node was: lease, queued releases, members (if Redis
-    /// forgot them), subscriptions, and every room refilled up to Redis's last id.
+    /// Brings a fresh link to where the node was: lease, queued releases, the names Redis holds
+    /// for this node reconciled with the ones it really has, subscriptions, and every room
+    /// refilled up to Redis's last id.
     async fn restore(&mut self, hub: &Hub, link: &mut Link) -> RedisResult<()> {
         let cluster = Arc::clone(&self.cluster);
-        let connection = &mut link.commands;
         let epoch: String = cluster
             .scripts
             .epoch
             .key(EPOCH_KEY)
             .arg(random_id())
-            .invoke_async(connection)
+            .invoke_async(&mut link.commands)
             .await?;
         let data_lost = self.epoch.as_ref().is_some_and(|known| *known != epoch);
         self.epoch = Some(epoch);
         if data_lost {
-            tracing::warn!(hold = ?DATA_LOSS_HOLD, "redis lost its data; posting waits for the other nodes");
+            tracing::warn!(hold = ?DATA_LOSS_HOLD, "redis lost its data; waiting for the other nodes before serving");
             *lock(&cluster.posts_held_until) = Some(Instant::now() + DATA_LOSS_HOLD);
         }
-        let lease_was_missing = self.renew(connection).await?;
-        while let Some((room, name, announce)) = self.pending_releases.last().cloned() {
-            self.release(connection, &room, &name, announce).await?;
-            self.pending_releases.pop();
+        self.renew(&mut link.commands).await?;
+        while let Some(release) = self.pending_releases.front() {
+            self.release(&mut link.commands, release).await?;
+            self.pending_releases.pop_front();
         }
-        if lease_was_missing {
-            self.register_members(hub, connection).await?;
-        }
-        for room in hub.occupied_rooms() {
+        self.reconcile(hub, &mut link.commands).await?;
+        for room in hub.busy_rooms() {
             self.subscribe(hub, link, &room).await?;
         }
         Ok(())
@@ -238,34 +232,61 @@ impl ClusterDriver {
         link: &mut Link,
         stop: &CancellationToken,
     ) -> RedisResult<()> {
-        let period = self.cluster.settings.node_timeout / RENEWALS_PER_TIMEOUT;
+        let period = self.cluster.settings.node_timeout / TICKS_PER_TIMEOUT;
         let mut lease = tokio::time::interval_at(Instant::now() + period, period);
         lease.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            // The lease first and requests next: a flood on the subscription must not starve
+            // them (a node that stops renewing has its live members removed).
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return Ok(()),
+                _ = lease.tick() => self.tick(hub, link).await?,
+                Some(request) = self.requests.recv() => self.handle(hub, link, request).await?,
                 message = link.messages.next() => match message {
                     Some(message) => self.dispatch(hub, &mut link.commands, message).await?,
                     None => return Err(lost("the subscription connection closed")),
                 },
-                Some(request) = self.requests.recv() => self.handle(hub, link, request).await?,
-                _ = lease.tick() => {
-                    if self.renew(&mut link.commands).await? {
-                        tracing::warn!("this node's lease had expired; registering its members again");
-                        self.register_members(hub, &mut link.commands).await?;
-                    }
-                    let removed: u64 = self.cluster.scripts.reap.key(NODES_KEY)
-                        .arg(self.cluster.ttl_millis())
-                        .arg("")
-                        .invoke_async(&mut link.commands)
-                        .await?;
-                    if removed > 0 {
-                        tracing::info!(removed, "removed the members of nodes whose lease expired");
-                    }
-                }
             }
         }
+    }
+
+    /// The periodic work: renew the lease (and register the node's names again if it had run
+    /// out), remove the members of dead nodes, keep the sequences of occupied rooms from
+    /// expiring, and check the subscription connection still answers.
+    async fn tick(&mut self, hub: &Hub, link: &mut Link) -> RedisResult<()> {
+        if self.renew(&mut link.commands).await? {
+            tracing::warn!("this node's lease had run out; registering its members again");
+            self.reconcile(hub, &mut link.commands).await?;
+        }
+        let cluster = &self.cluster;
+        let removed: u64 = cluster
+            .scripts
+            .reap
+            .key(NODES_KEY)
+            .arg(cluster.ttl_millis())
+            .arg("")
+            .invoke_async(&mut link.commands)
+            .await?;
+        if removed > 0 {
+            tracing::info!(removed, "removed the members of nodes whose lease ran out");
+        }
+        // A room's ids must outlive quiet hours while it has members: were its sequence to
+        // expire, a node new to the room would start again at 1 below ids members have seen.
+        let busy = hub.busy_rooms();
+        if !busy.is_empty() {
+            let mut refresh = redis::pipe();
+            for room in &busy {
+                refresh
+                    .cmd("PEXPIRE")
+                    .arg(RoomKeys::new(room).seq)
+                    .arg(cluster.ttl_millis())
+                    .ignore();
+            }
+            refresh.query_async::<()>(&mut link.commands).await?;
+        }
+        bounded(RESPONSE_TIMEOUT, link.subscriptions.ping::<redis::Value>()).await?;
+        Ok(())
     }
 
     async fn handle(&mut self, hub: &Hub, link: &mut Link, request: Control) -> RedisResult<()> {
@@ -275,42 +296,43 @@ impl ClusterDriver {
                 let _ = synced.send(result.as_ref().map(|_| ()).map_err(|_| Unavailable));
                 result
             }
-            Control::Release {
-                room,
-                name,
-                announce,
-            } => {
-                let released = self
-                    .release(&mut link.commands, &room, &name, announce)
-                    .await;
+            Control::Release(release) => {
+                let released = self.release(&mut link.commands, &release).await;
                 if released.is_err() {
-                    self.pending_releases.push((room, name, announce));
+                    self.pending_releases.push_back(release);
                 }
                 released
             }
             Control::RoomEmpty { room } => {
-                if self.subscribed.contains(&room) && !hub.has_members(&room) {
+                // Decided now, not when asked: a joiner may have arrived since.
+                if self.subscribed.contains(&room) && hub.is_idle(&room) {
                     self.subscribed.remove(&room);
-                    link.subscriptions
-                        .unsubscribe(RoomKeys::new(&room).channel)
-                        .await?;
+                    hub.set_synced(&room, false);
+                    let channel = RoomKeys::new(&room).channel;
+                    bounded(RESPONSE_TIMEOUT, link.subscriptions.unsubscribe(channel)).await?;
                 }
                 Ok(())
             }
         }
     }
 
-    /// Subscribes to `room` unless already, then brings it up to date from Redis.
+    /// Subscribes to `room` unless already, then brings it up to date from Redis unless it is.
     async fn subscribe(&mut self, hub: &Hub, link: &mut Link, room: &Arc<str>) -> RedisResult<()> {
-        if self.subscribed.contains(room) {
+        let keys = RoomKeys::new(room);
+        if !self.subscribed.contains(room) {
+            // Subscribe first, then read: whatever is published in between arrives both ways,
+            // and ids sort it out; read first and it could be missed.
+            bounded(
+                RESPONSE_TIMEOUT,
+                link.subscriptions.subscribe(&keys.channel),
+            )
+            .await?;
+            self.subscribed.insert(Arc::clone(room));
+        }
+        if hub.is_synced(room) {
             return Ok(());
         }
-        let keys = RoomKeys::new(room);
-        // Subscribe first, then read: whatever is published in between arrives both ways, and
-        // ids sort it out; read first and it could be missed.
-        link.subscriptions.subscribe(&keys.channel).await?;
-        self.subscribed.insert(Arc::clone(room));
-        let floor = hub.last_delivered(room).unwrap_or(0);
+        let floor = hub.last_delivered(room, true).unwrap_or(0);
         let (seq, frames): (u64, Vec<Vec<u8>>) = self
             .cluster
             .scripts
@@ -322,6 +344,7 @@ impl ClusterDriver {
             .invoke_async(&mut link.commands)
             .await?;
         self.apply_history(hub, room, frames, seq);
+        hub.set_synced(room, true);
         Ok(())
     }
 
@@ -332,15 +355,11 @@ impl ClusterDriver {
         connection: &mut MultiplexedConnection,
         message: redis::Msg,
     ) -> RedisResult<()> {
-        let Some(room) = message
-            .get_channel_name()
+        let channel = message.get_channel_name();
+        let Some(room) = channel
             .strip_prefix(PREFIX)
             .and_then(|rest| rest.strip_prefix("room:"))
         else {
-            return Ok(());
-        };
-        let Some(room) = self.subscribed.get(room).cloned() else {
-            // Unsubscribed meanwhile: the room is brought up to date when it is subscribed again.
             return Ok(());
         };
         let Ok(frame) = std::str::from_utf8(message.get_payload_bytes()) else {
@@ -349,7 +368,9 @@ impl ClusterDriver {
         let frame = Utf8Bytes::from(frame.to_owned());
         match RoomFrame::of(&frame) {
             Some(RoomFrame::Message { id }) => {
-                let Some(last) = hub.last_delivered(&room) else {
+                // Not synced: unsubscribed meanwhile, or not yet brought up to date; either way
+                // the room is refilled from history when it is synced.
+                let Some(last) = hub.last_delivered(room, false) else {
                     return Ok(());
                 };
                 if id <= last {
@@ -357,18 +378,18 @@ impl ClusterDriver {
                 }
                 if id > last + 1 {
                     let missed: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
-                        .arg(RoomKeys::new(&room).history)
+                        .arg(RoomKeys::new(room).history)
                         .arg(last + 1)
                         .arg(id - 1)
                         .query_async(connection)
                         .await?;
-                    self.apply_history(hub, &room, missed, id - 1);
+                    self.apply_history(hub, room, missed, id - 1);
                 }
-                hub.deliver_message(&room, id, frame, false);
+                hub.deliver_message(room, id, frame, false);
             }
-            Some(RoomFrame::Join { user }) => hub.deliver_presence(&room, frame, Some(&user)),
-            Some(RoomFrame::Leave { .. }) => hub.deliver_presence(&room, frame, None),
-            None => tracing::debug!(room = %room, "ignored an unknown frame on a room channel"),
+            Some(RoomFrame::Join { user }) => hub.deliver_presence(room, frame, Some(&user)),
+            Some(RoomFrame::Leave { .. }) => hub.deliver_presence(room, frame, None),
+            None => tracing::debug!(room, "ignored an unknown frame on a room channel"),
         }
         Ok(())
     }
@@ -388,50 +409,105 @@ impl ClusterDriver {
         hub.close_gap(room, upto);
     }
 
-    /// Renews the lease; true when it had been missing.
+    /// Renews the lease; true when it had been missing (the node was declared dead, or Redis
+    /// lost its data).
     async fn renew(&self, connection: &mut MultiplexedConnection) -> RedisResult<bool> {
-        let timeout =
-            u64::try_from(self.cluster.settings.node_timeout.as_millis()).unwrap_or(u64::MAX);
+        let lease = self.cluster.settings.node_timeout * LEASE_TICKS / TICKS_PER_TIMEOUT;
+        let lease = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
         let added: u64 = self
             .cluster
             .scripts
             .renew
             .key(NODES_KEY)
             .arg(&self.cluster.node)
-            .arg(timeout)
+            .arg(lease)
             .invoke_async(connection)
             .await?;
         Ok(added == 1)
     }
 
-    /// Claims every local member's name again, announcing those Redis had forgotten.
-    async fn register_members(
+    /// Makes the names Redis records for this node the ones it really holds: names it lost
+    /// (Redis lost its data, or the node was declared dead) are claimed again with a `join`,
+    /// names it no longer has (an older snapshot of Redis) are released with a `leave`.
+    async fn reconcile(
         &self,
         hub: &Hub,
         connection: &mut MultiplexedConnection,
     ) -> RedisResult<()> {
         let cluster = &self.cluster;
-        for (room, name) in hub.local_members() {
-            let keys = RoomKeys::new(&room);
-            let claimed: Option<(String, i64)> = cluster
-                .scripts
-                .claim
-                .key(&keys.owners)
-                .key(&keys.members)
-                .key(&cluster.node_members_key)
-                .key(super::GUESTS_KEY)
-                .arg(&name)
-                .arg(&cluster.node)
-                .arg(&*room)
-                .arg(join_frame(&room, &name))
-                .arg(&keys.channel)
-                .invoke_async(connection)
-                .await?;
-            if claimed.is_none() {
-                // Someone elsewhere took the name while this node was cut off. Both stay
-                // connected; the newcomer owns the name in the cluster's member list.
-                tracing::warn!(room = %room, user = %name, "name taken elsewhere while this node was away");
+        let recorded: HashSet<String> = redis::cmd("SMEMBERS")
+            .arg(&cluster.node_members_key)
+            .query_async(connection)
+            .await?;
+        let held = hub.held_names();
+        let mut entries = HashSet::with_capacity(held.len());
+        for (room, name, holder) in held {
+            let entry = format!("{room}/{name}");
+            if !recorded.contains(&entry) {
+                self.claim_again(connection, &room, &name, holder).await?;
             }
+            entries.insert(entry);
+        }
+        for entry in recorded.difference(&entries) {
+            let Some((room, name)) = entry.split_once('/') else {
+                continue;
+            };
+            let owner: Option<String> = redis::cmd("HGET")
+                .arg(RoomKeys::new(room).owners)
+                .arg(name)
+                .query_async(connection)
+                .await?;
+            let Some(connection_id) = owner
+                .as_deref()
+                .and_then(|owner| owner.strip_prefix(cluster.node.as_str()))
+                .and_then(|rest| rest.strip_prefix('/'))
+                .and_then(|id| id.parse().ok())
+            else {
+                continue;
+            };
+            let release = Release {
+                room: Arc::from(room),
+                name: name.to_owned(),
+                connection: connection_id,
+                announce: true,
+            };
+            self.release(connection, &release).await?;
+        }
+        Ok(())
+    }
+
+    async fn claim_again(
+        &self,
+        connection: &mut MultiplexedConnection,
+        room: &str,
+        name: &str,
+        holder: u64,
+    ) -> RedisResult<()> {
+        let cluster = &self.cluster;
+        let keys = RoomKeys::new(room);
+        let claimed: Option<(String, i64)> = cluster
+            .scripts
+            .claim
+            .key(&keys.owners)
+            .key(&keys.members)
+            .key(&cluster.node_members_key)
+            .key(GUESTS_KEY)
+            .arg(name)
+            .arg(cluster.holder(holder))
+            .arg(room)
+            .arg(join_frame(room, name))
+            .arg(&keys.channel)
+            .arg(cluster.holder_prefix())
+            .invoke_async(connection)
+            .await?;
+        if claimed.is_none() {
+            // Someone elsewhere took the name while this node was cut off. Both stay
+            // connected; the newcomer owns the name in the cluster's member list.
+            tracing::warn!(
+                room,
+                user = name,
+                "name taken elsewhere while this node was away"
+            );
         }
         Ok(())
     }
@@ -439,14 +515,13 @@ impl ClusterDriver {
     async fn release(
         &self,
         connection: &mut MultiplexedConnection,
-        room: &str,
-        name: &str,
-        announce: bool,
+        release: &Release,
     ) -> RedisResult<()> {
         let cluster = &self.cluster;
+        let room = &*release.room;
         let keys = RoomKeys::new(room);
-        let leave = if announce {
-            leave_frame(room, name)
+        let leave = if release.announce && !release.name.is_empty() {
+            leave_frame(room, &release.name)
         } else {
             String::new()
         };
@@ -458,8 +533,8 @@ impl ClusterDriver {
             .key(&cluster.node_members_key)
             .key(&keys.seq)
             .key(&keys.history)
-            .arg(name)
-            .arg(&cluster.node)
+            .arg(&release.name)
+            .arg(cluster.holder(release.connection))
             .arg(room)
             .arg(leave)
             .arg(&keys.channel)
@@ -469,26 +544,12 @@ impl ClusterDriver {
         Ok(())
     }
 
-    /// Releases what the node's ended connections asked for, then removes whatever else the
-    /// node still holds and its lease, so the other nodes hear every `leave` at once.
+    /// Removes every name the node still holds (with a `leave` each) and its lease, in one
+    /// script, so the other nodes' members hear at once that its members are gone.
     async fn goodbye(&mut self, connection: &mut MultiplexedConnection) {
         while let Ok(request) = self.requests.try_recv() {
-            match request {
-                Control::Subscribe { synced, .. } => {
-                    let _ = synced.send(Err(Unavailable));
-                }
-                Control::Release {
-                    room,
-                    name,
-                    announce,
-                } => self.pending_releases.push((room, name, announce)),
-                Control::RoomEmpty { .. } => {}
-            }
-        }
-        for (room, name, announce) in std::mem::take(&mut self.pending_releases) {
-            if let Err(error) = self.release(connection, &room, &name, announce).await {
-                tracing::warn!(error = %RedactedError(&error), "could not remove a member from redis at shutdown");
-                return;
+            if let Control::Subscribe { synced, .. } = request {
+                let _ = synced.send(Err(Unavailable));
             }
         }
         let reaped: RedisResult<u64> = self
@@ -501,24 +562,22 @@ impl ClusterDriver {
             .invoke_async(connection)
             .await;
         if let Err(error) = reaped {
-            tracing::warn!(error = %RedactedError(&error), "could not remove this node's lease at shutdown");
+            tracing::warn!(%error, "could not remove this node's members from redis at shutdown");
         }
     }
 }
 
-fn lost(why: &'static str) -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::ConnectionReset,
-        why,
-    ))
+/// Awaits a Redis call for at most `limit`; running out counts as a lost link. (The errors of
+/// the Redis client name what failed, never the URL it was given, so they are safe to log.)
+async fn bounded<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    timeout(limit, call)
+        .await
+        .unwrap_or_else(|_| Err(lost("redis did not answer in time")))
 }
 
-/// A Redis error for a log line. The client's errors name what failed, not the URL it was
-/// given, so a password in `--redis-url` cannot reach the log through them.
-struct RedactedError<'a>(&'a redis::RedisError);
-
-impl std::fmt::Display for RedactedError<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self.0, f)
-    }
+fn lost(why: &'static str) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, why))
 }

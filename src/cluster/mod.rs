@@ -63,6 +63,14 @@ pub struct ClusterSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unavailable;
 
+/// A post Redis did not confirm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostFailed {
+    /// The request may have reached Redis and run (its reply was lost); `false` when the link
+    /// was down and nothing was sent.
+    pub maybe_posted: bool,
+}
+
 /// A node's handle on the cluster, shared by the hub and the driver.
 pub struct Cluster {
     node: String,
@@ -87,14 +95,20 @@ enum Control {
         room: Arc<str>,
         synced: oneshot::Sender<Result<(), Unavailable>>,
     },
-    /// Give up `name` in `room`; with `announce`, publish its `leave`.
-    Release {
-        room: Arc<str>,
-        name: String,
-        announce: bool,
-    },
+    /// Give up `name` (held by `connection`) in `room`; with `announce`, publish its
+    /// `leave`. An empty name is the guest name `connection` may have been given.
+    Release(Release),
     /// The node's last member of `room` left: unsubscribe unless someone joined since.
     RoomEmpty { room: Arc<str> },
+}
+
+/// A name to give up; see `Control::Release`.
+#[derive(Debug, Clone)]
+struct Release {
+    room: Arc<str>,
+    name: String,
+    connection: u64,
+    announce: bool,
 }
 
 struct Scripts {
@@ -202,9 +216,25 @@ impl Cluster {
         lock(&self.link).clone().ok_or(Unavailable)
     }
 
-    /// Claims `name` (or the next free `guest-<n>`) in `room`, cluster-wide.
-    pub async fn claim(&self, room: &str, name: Option<&str>) -> Result<String, Rejection> {
-        let mut connection = self.connection().map_err(|_| Rejection::Unavailable)?;
+    /// What Redis records as the holder of a name: this node and the connection, so a late
+    /// release of an old connection cannot take the name from a new one.
+    fn holder(&self, connection: u64) -> String {
+        format!("{}/{connection}", self.node)
+    }
+
+    /// What every holder of this node begins with.
+    fn holder_prefix(&self) -> String {
+        format!("{}/", self.node)
+    }
+
+    /// Claims `name` (or the next free `guest-<n>`) in `room`, cluster-wide, for `connection`.
+    pub async fn claim(
+        &self,
+        room: &str,
+        name: Option<&str>,
+        connection: u64,
+    ) -> Result<String, Rejection> {
+        let mut redis = self.connection().map_err(|_| Rejection::Unavailable)?;
         let keys = RoomKeys::new(room);
         let claimed: Option<(String, i64)> = self
             .scripts
@@ -214,17 +244,21 @@ impl Cluster {
             .key(&self.node_members_key)
             .key(GUESTS_KEY)
             .arg(name.unwrap_or_default())
-            .arg(&self.node)
+            .arg(self.holder(connection))
             .arg(room)
             .arg("")
             .arg(&keys.channel)
-            .invoke_async(&mut connection)
+            .arg(self.holder_prefix())
+            .invoke_async(&mut redis)
             .await
             .map_err(|error| {
                 tracing::debug!(%error, "claiming a name in redis failed");
                 Rejection::Unavailable
             })?;
-        claimed.map(|(name, _)| name).ok_or(Rejection::NameTaken)
+        match claimed {
+            Some((name, 1)) => Ok(name),
+            _ => Err(Rejection::NameTaken),
+        }
     }
 
     /// Subscribes to `room` unless the node is already, and returns once the node's copy of the
@@ -236,7 +270,10 @@ impl Cluster {
             synced,
         };
         self.control.send(request).map_err(|_| Unavailable)?;
-        done.await.unwrap_or(Err(Unavailable))
+        match tokio::time::timeout(driver::SUBSCRIBE_WAIT, done).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) => Err(Unavailable),
+        }
     }
 
     /// The room's members on every node, in the order they joined.
@@ -282,8 +319,10 @@ impl Cluster {
         user: &str,
         text: &str,
         floor: u64,
-    ) -> Result<u64, Unavailable> {
-        let mut connection = self.connection()?;
+    ) -> Result<u64, PostFailed> {
+        let mut connection = self.connection().map_err(|Unavailable| PostFailed {
+            maybe_posted: false,
+        })?;
         let keys = RoomKeys::new(room);
         let tail = message_frame_tail(room, user, text, now_millis());
         let started = Instant::now();
@@ -302,18 +341,22 @@ impl Cluster {
         self.metrics.redis_published(started.elapsed());
         posted.map_err(|error| {
             tracing::debug!(%error, "posting through redis failed");
-            Unavailable
+            // A reply that never came (a timeout, a dropped link) may hide a post that ran.
+            PostFailed {
+                maybe_posted: !matches!(error.kind(), redis::ErrorKind::Server(_)),
+            }
         })
     }
 
     /// Gives up `name` in `room` in the background; with `announce`, every node's members hear
     /// `leave`. Queued while Redis is away and done when it is back.
-    pub fn release(&self, room: &Arc<str>, name: String, announce: bool) {
-        let _ = self.control.send(Control::Release {
+    pub fn release(&self, room: &Arc<str>, name: String, connection: u64, announce: bool) {
+        let _ = self.control.send(Control::Release(Release {
             room: Arc::clone(room),
             name,
+            connection,
             announce,
-        });
+        }));
     }
 
     /// The node's last member of `room` left.

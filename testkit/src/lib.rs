@@ -67,6 +67,11 @@ const METRICS_POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// How long every helper waits before it gives up and panics.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long [`TestServer::wait_until_available`] waits for a cluster node: past the longest
+/// reconnection backoff (2 s) and the wait after Redis lost its data (6 s), with room for a
+/// loaded machine.
+pub const CLUSTER_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A real `wschat` server running in this process on a random loopback port.
 ///
 /// Dropping it starts a graceful shutdown; [`TestServer::shutdown`] also waits for it.
@@ -201,21 +206,21 @@ impl TestServer {
         self.hub.is_available()
     }
 
-    /// Waits until [`TestServer::is_available`], or panics after [`DEFAULT_TIMEOUT`].
+    /// Waits until [`TestServer::is_available`], or panics after [`CLUSTER_TIMEOUT`].
     pub async fn wait_until_available(&self) {
         self.wait_until("the node to reach redis", || self.is_available())
             .await;
     }
 
     /// Waits until [`TestServer::is_available`] is false (a cluster node noticed its Redis is
-    /// gone), or panics after [`DEFAULT_TIMEOUT`].
+    /// gone), or panics after [`CLUSTER_TIMEOUT`].
     pub async fn wait_until_unavailable(&self) {
         self.wait_until("the node to notice redis is gone", || !self.is_available())
             .await;
     }
 
     async fn wait_until(&self, what: &str, condition: impl Fn() -> bool) {
-        let deadline = tokio::time::Instant::now() + DEFAULT_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + CLUSTER_TIMEOUT;
         while !condition() {
             if tokio::time::Instant::now() >= deadline {
                 panic!("timed out waiting for {what}");

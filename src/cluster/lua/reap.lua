@@ -1,6 +1,7 @@
 -- Removes the members of every node whose lease ran out (and of ARGV[2], a node saying
 -- goodbye), publishing a `leave` for each, atomically, so exactly one node does it once.
--- Room and user names are restricted to [A-Za-z0-9_.-], so the frames need no escaping.
+-- A name's owner is its holder, `node/connection`. Room and user names are restricted to
+-- [A-Za-z0-9_.-], so the frames need no escaping.
 -- KEYS[1] the leases; ARGV[1] history TTL in ms, ARGV[2] a node to remove now, or ''
 local now = redis.call('TIME')
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
@@ -16,7 +17,8 @@ for _, node in ipairs(gone) do
     local room = string.sub(entry, 1, slash - 1)
     local name = string.sub(entry, slash + 1)
     local base = 'wschat:room:' .. room
-    if redis.call('HGET', base .. ':owners', name) == node then
+    local owner = redis.call('HGET', base .. ':owners', name)
+    if owner and string.sub(owner, 1, #node + 1) == node .. '/' then
       redis.call('HDEL', base .. ':owners', name)
       redis.call('ZREM', base .. ':members', name)
       redis.call('PUBLISH', base, '{"type":"leave","room":"' .. room .. '","user":"' .. name ..
