@@ -73,19 +73,28 @@ struct Room {
 
 struct RoomState {
     members: Vec<Member>,
-    /// Names promised to handshakes that have not finished upgrading yet, with the connection
-    /// id each will have.
-    reserved: HashMap<String, u64>,
+    /// Names promised to handshakes that have not finished upgrading yet.
+    reserved: HashMap<String, Reserved>,
     /// Handshakes waiting for Redis to confirm a name: the room must not be evicted meanwhile.
     claiming: usize,
     /// In a cluster: whether this room is subscribed and up to date, so the driver delivers
     /// to it. Set and cleared by the driver only.
     synced: bool,
+    /// Tells this room from one of the same name created after it was evicted.
+    generation: u64,
     /// In memory, the id the next message gets; in a cluster, one past the last id delivered.
     next_id: u64,
     /// The room's recent `message` frames, exactly as broadcast: a welcome embeds these bytes.
     history: VecDeque<Utf8Bytes>,
     last_active: Instant,
+}
+
+/// A reserved name: the connection id it will have, and whether Redis has confirmed it (always,
+/// in memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reserved {
+    connection: u64,
+    confirmed: bool,
 }
 
 struct Member {
@@ -157,7 +166,11 @@ impl Hub {
                 }
                 // Held here while Redis is asked, so a second handshake on this node for the
                 // same name is refused at once instead of racing it.
-                state.reserved.insert(name.clone(), connection);
+                let pending = Reserved {
+                    connection,
+                    confirmed: false,
+                };
+                state.reserved.insert(name.clone(), pending);
             }
             state.claiming += 1;
             drop(state);
@@ -175,9 +188,26 @@ impl Hub {
         drop(pending);
         let mut state = lock(&room.state);
         state.claiming -= 1;
+        let confirmed = Reserved {
+            connection,
+            confirmed: true,
+        };
+        let claimed = claimed.and_then(|claimed| {
+            let clash = state
+                .reserved
+                .get(&claimed)
+                .is_some_and(|other| other.connection != connection)
+                || state.members.iter().any(|member| member.name == claimed);
+            if clash {
+                // A guest name someone on this node asked for by hand while Redis was giving
+                // it to us: neither may have it twice; ours is undone below.
+                return Err(Rejection::Unavailable);
+            }
+            Ok(claimed)
+        });
         match claimed {
             Ok(claimed) => {
-                state.reserved.insert(claimed.clone(), connection);
+                state.reserved.insert(claimed.clone(), confirmed);
                 drop(state);
                 Ok(Reservation {
                     hub: self.clone(),
@@ -188,10 +218,11 @@ impl Hub {
             }
             Err(rejection) => {
                 if let Some(name) = &name {
-                    state.reserved.remove(name);
+                    state.remove_reservation(name, connection);
                 }
                 if rejection == Rejection::Unavailable {
-                    // The reply was lost, not necessarily the claim: undo whatever Redis did.
+                    // The reply was lost (not necessarily the claim), or the name clashed: undo
+                    // whatever Redis holds for this connection.
                     let name = name.clone().unwrap_or_default();
                     cluster.release(&room.name, name, connection, false);
                 }
@@ -228,7 +259,11 @@ impl Hub {
             },
         };
         let connection = self.next_connection_id();
-        state.reserved.insert(name.clone(), connection);
+        let reserved = Reserved {
+            connection,
+            confirmed: true,
+        };
+        state.reserved.insert(name.clone(), reserved);
         drop(state);
         Ok(Reservation {
             hub: self.clone(),
@@ -274,6 +309,7 @@ impl Hub {
                 reserved: HashMap::new(),
                 claiming: 0,
                 synced: false,
+                generation: self.next_connection_id(),
                 next_id,
                 history: VecDeque::new(),
                 last_active: Instant::now(),
@@ -318,6 +354,17 @@ impl Registry {
 impl RoomState {
     fn is_taken(&self, name: &str) -> bool {
         self.reserved.contains_key(name) || self.members.iter().any(|member| member.name == name)
+    }
+
+    /// Drops the reservation of `name` if it is `connection`'s.
+    fn remove_reservation(&mut self, name: &str, connection: u64) {
+        if self
+            .reserved
+            .get(name)
+            .is_some_and(|reserved| reserved.connection == connection)
+        {
+            self.reserved.remove(name);
+        }
     }
 
     fn is_idle(&self) -> bool {
@@ -429,7 +476,7 @@ impl Drop for PendingClaim<'_> {
         let mut state = lock(&self.room.state);
         state.claiming -= 1;
         if let Some(name) = self.name {
-            state.reserved.remove(name);
+            state.remove_reservation(name, self.connection);
         }
         let name = self.name.unwrap_or_default().to_owned();
         self.cluster
@@ -485,7 +532,7 @@ impl Reservation {
         let room_name = Arc::clone(&self.room.name);
 
         let mut state = lock(&self.room.state);
-        state.reserved.remove(&name);
+        state.remove_reservation(&name, connection);
         if cluster_members.is_none() && !state.members.is_empty() {
             let join = encode(&ServerEvent::Join {
                 room: room_name.to_string(),
@@ -524,7 +571,7 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(name) = self.name.take() {
             let mut state = lock(&self.room.state);
-            state.reserved.remove(&name);
+            state.remove_reservation(&name, self.connection);
             if let Backend::Redis(cluster) = &self.hub.inner.backend {
                 cluster.release(&self.room.name, name, self.connection, false);
                 if state.is_idle() {
@@ -677,14 +724,19 @@ impl Hub {
             .collect()
     }
 
-    /// Every name this node holds, members and reservations: `(room, name, connection)`.
+    /// Every name this node holds, members and confirmed reservations (a claim still on its
+    /// way is not held yet): `(room, name, connection)`.
     pub(crate) fn held_names(&self) -> Vec<(Arc<str>, String, u64)> {
         let registry = lock(&self.inner.registry);
         let mut names = Vec::new();
         for room in registry.rooms.values() {
             let state = lock(&room.state);
             let members = state.members.iter().map(|m| (&m.name, m.connection));
-            let reserved = state.reserved.iter().map(|(name, &id)| (name, id));
+            let reserved = state
+                .reserved
+                .iter()
+                .filter(|(_, reserved)| reserved.confirmed)
+                .map(|(name, reserved)| (name, reserved.connection));
             for (name, connection) in members.chain(reserved) {
                 names.push((Arc::clone(&room.name), name.clone(), connection));
             }
@@ -702,10 +754,25 @@ impl Hub {
         self.room(room).is_some_and(|room| lock(&room.state).synced)
     }
 
-    /// Marks `room` as up to date (the driver has subscribed and synced it) or not.
-    pub(crate) fn set_synced(&self, room: &str, synced: bool) {
+    /// Marks `room` as out of date (the driver unsubscribed).
+    pub(crate) fn unsync(&self, room: &str) {
         if let Some(room) = self.room(room) {
-            lock(&room.state).synced = synced;
+            lock(&room.state).synced = false;
+        }
+    }
+
+    /// Which incarnation of `room` this node has now.
+    pub(crate) fn generation(&self, room: &str) -> Option<u64> {
+        self.room(room).map(|room| lock(&room.state).generation)
+    }
+
+    /// Marks `room` up to date, if it is still the `generation` the driver synced.
+    pub(crate) fn mark_synced(&self, room: &str, generation: u64) {
+        if let Some(room) = self.room(room) {
+            let mut state = lock(&room.state);
+            if state.generation == generation {
+                state.synced = true;
+            }
         }
     }
 

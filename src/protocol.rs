@@ -202,10 +202,10 @@ impl RoomFrame {
     pub fn of(frame: &str) -> Option<Self> {
         if let Some(rest) = frame.strip_prefix(MESSAGE_FRAME_HEAD) {
             let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            return rest[..digits]
-                .parse()
-                .ok()
-                .map(|id| RoomFrame::Message { id });
+            // Redis counts in signed 64 bits; anything above cannot be a real id, and keeping
+            // ids below it leaves room for `id + 1` everywhere.
+            let id = rest[..digits].parse::<u64>().ok()?;
+            return (id <= i64::MAX as u64).then_some(RoomFrame::Message { id });
         }
         match serde_json::from_str::<ServerEvent>(frame).ok()? {
             ServerEvent::Join { user, .. } => Some(RoomFrame::Join { user }),

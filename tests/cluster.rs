@@ -646,27 +646,39 @@ async fn simultaneous_handshakes_for_one_name_admit_exactly_one() {
     assert!(refused.iter().all(|why| why.contains("409")), "{refused:?}");
 }
 
-/// A member who leaves and comes straight back keeps the name: the late release of the old
-/// connection cannot take it from the new one.
+/// A member who leaves and comes straight back keeps the name (the late release of the old
+/// connection cannot take it from the new one), and the other nodes hear each `leave` before
+/// the `join` that follows it.
 #[tokio::test]
-async fn a_quick_reconnect_keeps_its_name_across_the_cluster() {
+async fn a_quick_reconnect_keeps_its_name_and_others_hear_leave_then_join() {
+    const ROUNDS: usize = 10;
     let Some(redis) = RedisServer::start().await else {
         return;
     };
     let nodes = TestServer::start_cluster(&redis, 2, |_| {}).await;
+    let mut bob = nodes[1].client().name("bob").connect_ok().await;
     let mut alice = nodes[0].client().name("alice").connect_ok().await;
-    for _ in 0..10 {
+    for _ in 0..ROUNDS {
         alice.close().await;
         alice = nodes[0].client().name("alice").connect_ok().await;
     }
-    // Every release has run once a later request has: bob's join comes after them in order.
-    let mut bob = nodes[0].client().name("bob").connect_ok().await;
-    bob.say("sync").await;
-    bob.recv_message().await;
+    let mut heard = Vec::new();
+    while heard.len() < 2 * ROUNDS + 1 {
+        match bob.recv().await {
+            ServerEvent::Join { user, .. } => heard.push(format!("join {user}")),
+            ServerEvent::Leave { user, .. } => heard.push(format!("leave {user}")),
+            other => panic!("expected presence events, got {other:?}"),
+        }
+    }
+    let mut expected = vec!["join alice".to_owned()];
+    for _ in 0..ROUNDS {
+        expected.extend(["leave alice".to_owned(), "join alice".to_owned()]);
+    }
+    assert_eq!(heard, expected);
     let rejected = nodes[1].client().name("alice").connect_rejected().await;
     assert_eq!(rejected.status, 409, "alice still holds her name");
-    let members = nodes[1].client().name("carol").connect_ok().await;
-    assert_eq!(members.welcome().members, ["alice", "bob", "carol"]);
+    let carol = nodes[1].client().name("carol").connect_ok().await;
+    assert_eq!(carol.welcome().members, ["bob", "alice", "carol"]);
 }
 
 /// A room's ids outlive `--history-ttl` while it has members: its history may expire, but a

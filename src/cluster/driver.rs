@@ -70,6 +70,8 @@ pub struct ClusterDriver {
     pending_releases: VecDeque<Release>,
     /// The epoch of the data set this node last saw.
     epoch: Option<String>,
+    /// Whether the node has had a link before: a lease missing then means Redis forgot it.
+    reconnecting: bool,
 }
 
 /// The two connections of one link: commands, and the subscription.
@@ -87,12 +89,14 @@ impl ClusterDriver {
             subscribed: HashSet::new(),
             pending_releases: VecDeque::new(),
             epoch: None,
+            reconnecting: false,
         }
     }
 
     /// Keeps the link up until `stop`, then removes the node's members and lease (its goodbye)
     /// and returns. Call `stop` only once the node's connections have ended.
     pub async fn run(mut self, hub: Hub, stop: CancellationToken) {
+        let _down_on_exit = DownOnExit(Arc::clone(&self.cluster));
         let mut backoff = FIRST_BACKOFF;
         let mut ever_connected = false;
         // One warning per outage; the retries after it are logged at debug level.
@@ -213,15 +217,27 @@ impl ClusterDriver {
             tracing::warn!(hold = ?DATA_LOSS_HOLD, "redis lost its data; waiting for the other nodes before serving");
             *lock(&cluster.posts_held_until) = Some(Instant::now() + DATA_LOSS_HOLD);
         }
-        self.renew(&mut link.commands).await?;
+        let lease_was_missing = self.renew(&mut link.commands).await?;
+        if lease_was_missing && self.reconnecting {
+            // Redis forgot this node: it lost its data (or came back from an older snapshot)
+            // while the epoch survived, or the node was declared dead. Hold back as above.
+            *lock(&cluster.posts_held_until) = Some(Instant::now() + DATA_LOSS_HOLD);
+        }
+        self.reconnecting = true;
         while let Some(release) = self.pending_releases.front() {
-            self.release(&mut link.commands, release).await?;
-            self.pending_releases.pop_front();
+            match self.release(&mut link.commands, release).await {
+                // A release Redis refuses (not one it never got) would block every restore.
+                Err(error) if !is_server_error(&error) => return Err(error),
+                _ => self.pending_releases.pop_front(),
+            };
         }
         self.reconcile(hub, &mut link.commands).await?;
         for room in hub.busy_rooms() {
             self.subscribe(hub, link, &room).await?;
         }
+        // Restoring many rooms takes a while: renew again so the lease is fresh when the
+        // periodic renewals start.
+        self.renew(&mut link.commands).await?;
         Ok(())
     }
 
@@ -275,12 +291,15 @@ impl ClusterDriver {
         // expire, a node new to the room would start again at 1 below ids members have seen.
         let busy = hub.busy_rooms();
         if !busy.is_empty() {
+            // Refreshed every tick, so it must last at least until the next one.
+            let node_timeout = u64::try_from(cluster.settings.node_timeout.as_millis());
+            let keep = cluster.ttl_millis().max(node_timeout.unwrap_or(u64::MAX));
             let mut refresh = redis::pipe();
             for room in &busy {
                 refresh
                     .cmd("PEXPIRE")
                     .arg(RoomKeys::new(room).seq)
-                    .arg(cluster.ttl_millis())
+                    .arg(keep)
                     .ignore();
             }
             refresh.query_async::<()>(&mut link.commands).await?;
@@ -296,18 +315,18 @@ impl ClusterDriver {
                 let _ = synced.send(result.as_ref().map(|_| ()).map_err(|_| Unavailable));
                 result
             }
-            Control::Release(release) => {
-                let released = self.release(&mut link.commands, &release).await;
-                if released.is_err() {
+            Control::Release(release) => match self.release(&mut link.commands, &release).await {
+                Err(error) if !is_server_error(&error) => {
                     self.pending_releases.push_back(release);
+                    Err(error)
                 }
-                released
-            }
+                _ => Ok(()),
+            },
             Control::RoomEmpty { room } => {
                 // Decided now, not when asked: a joiner may have arrived since.
                 if self.subscribed.contains(&room) && hub.is_idle(&room) {
                     self.subscribed.remove(&room);
-                    hub.set_synced(&room, false);
+                    hub.unsync(&room);
                     let channel = RoomKeys::new(&room).channel;
                     bounded(RESPONSE_TIMEOUT, link.subscriptions.unsubscribe(channel)).await?;
                 }
@@ -332,6 +351,9 @@ impl ClusterDriver {
         if hub.is_synced(room) {
             return Ok(());
         }
+        let Some(generation) = hub.generation(room) else {
+            return Ok(()); // evicted meanwhile: nobody here needs it
+        };
         let floor = hub.last_delivered(room, true).unwrap_or(0);
         let (seq, frames): (u64, Vec<Vec<u8>>) = self
             .cluster
@@ -344,7 +366,7 @@ impl ClusterDriver {
             .invoke_async(&mut link.commands)
             .await?;
         self.apply_history(hub, room, frames, seq);
-        hub.set_synced(room, true);
+        hub.mark_synced(room, generation);
         Ok(())
     }
 
@@ -463,8 +485,21 @@ impl ClusterDriver {
                 .and_then(|rest| rest.strip_prefix('/'))
                 .and_then(|id| id.parse().ok())
             else {
+                // Not this node's any more: only the stale entry goes.
+                redis::cmd("SREM")
+                    .arg(&cluster.node_members_key)
+                    .arg(entry)
+                    .query_async::<()>(connection)
+                    .await?;
                 continue;
             };
+            let releasing = lock(&cluster.releasing)
+                .values()
+                .any(|&(releasing, _)| releasing == connection_id);
+            if cluster.claim_in_flight(connection_id) || releasing {
+                // A handshake about to learn its claim succeeded, or a release on its way.
+                continue;
+            }
             let release = Release {
                 room: Arc::from(room),
                 name: name.to_owned(),
@@ -485,6 +520,7 @@ impl ClusterDriver {
     ) -> RedisResult<()> {
         let cluster = &self.cluster;
         let keys = RoomKeys::new(room);
+        let (stale, leave) = cluster.takeover_of(room, name);
         let claimed: Option<(String, i64)> = cluster
             .scripts
             .claim
@@ -497,7 +533,8 @@ impl ClusterDriver {
             .arg(room)
             .arg(join_frame(room, name))
             .arg(&keys.channel)
-            .arg(cluster.holder_prefix())
+            .arg(stale)
+            .arg(leave)
             .invoke_async(connection)
             .await?;
         if claimed.is_none() {
@@ -541,6 +578,14 @@ impl ClusterDriver {
             .arg(cluster.ttl_millis())
             .invoke_async(connection)
             .await?;
+        let mut releasing = lock(&cluster.releasing);
+        let key = (Arc::clone(&release.room), release.name.clone());
+        if releasing
+            .get(&key)
+            .is_some_and(|&(connection, _)| connection == release.connection)
+        {
+            releasing.remove(&key);
+        }
         Ok(())
     }
 
@@ -564,6 +609,23 @@ impl ClusterDriver {
         if let Err(error) = reaped {
             tracing::warn!(%error, "could not remove this node's members from redis at shutdown");
         }
+    }
+}
+
+/// Whether Redis answered with an error (the command ran and was refused), as opposed to not
+/// answering at all.
+fn is_server_error(error: &redis::RedisError) -> bool {
+    matches!(error.kind(), redis::ErrorKind::Server(_))
+}
+
+/// Marks the node down when the driver ends for any reason, a panic included: with nobody to
+/// deliver, posts must not be accepted.
+struct DownOnExit(Arc<Cluster>);
+
+impl Drop for DownOnExit {
+    fn drop(&mut self) {
+        self.0.up.store(false, Ordering::Release);
+        self.0.metrics.redis_up(false);
     }
 }
 

@@ -27,6 +27,7 @@
 
 mod driver;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -86,6 +87,34 @@ pub struct Cluster {
     control: mpsc::UnboundedSender<Control>,
     metrics: Metrics,
     scripts: Scripts,
+    /// Names this node has let go of whose release has not run yet: `(room, name)` →
+    /// `(connection, announce)`.
+    releasing: Mutex<HashMap<(Arc<str>, String), (u64, bool)>>,
+    /// Connections whose claim is on its way to Redis or back.
+    claims_in_flight: Mutex<HashSet<u64>>,
+}
+
+/// Marks a connection's claim as in flight while it lives, so a reconciliation running at the
+/// same time neither claims its name again nor releases what Redis just gave it.
+struct ClaimInFlight<'a> {
+    cluster: &'a Cluster,
+    connection: u64,
+}
+
+impl<'a> ClaimInFlight<'a> {
+    fn new(cluster: &'a Cluster, connection: u64) -> Self {
+        lock(&cluster.claims_in_flight).insert(connection);
+        Self {
+            cluster,
+            connection,
+        }
+    }
+}
+
+impl Drop for ClaimInFlight<'_> {
+    fn drop(&mut self) {
+        lock(&self.cluster.claims_in_flight).remove(&self.connection);
+    }
 }
 
 /// Requests from connections to the driver, which alone talks on the subscription.
@@ -187,6 +216,8 @@ impl Cluster {
             control,
             metrics,
             scripts: Scripts::load(),
+            releasing: Mutex::new(HashMap::new()),
+            claims_in_flight: Mutex::new(HashSet::new()),
         });
         let driver = ClusterDriver::new(Arc::clone(&cluster), requests);
         Ok((cluster, driver))
@@ -222,9 +253,27 @@ impl Cluster {
         format!("{}/{connection}", self.node)
     }
 
-    /// What every holder of this node begins with.
-    fn holder_prefix(&self) -> String {
-        format!("{}/", self.node)
+    /// The holder of `name` in `room` that this node has let go of but Redis may still
+    /// record (its release is queued), and the `leave` to announce for it, if any: a new claim
+    /// of the name on this node takes over from exactly that holder.
+    fn takeover_of(&self, room: &str, name: &str) -> (String, String) {
+        let releasing = lock(&self.releasing);
+        match releasing.get(&(Arc::from(room), name.to_owned())) {
+            Some(&(connection, announce)) => {
+                let leave = if announce {
+                    leave_frame(room, name)
+                } else {
+                    String::new()
+                };
+                (self.holder(connection), leave)
+            }
+            None => (String::new(), String::new()),
+        }
+    }
+
+    /// Whether `connection`'s claim is on its way to Redis or back.
+    fn claim_in_flight(&self, connection: u64) -> bool {
+        lock(&self.claims_in_flight).contains(&connection)
     }
 
     /// Claims `name` (or the next free `guest-<n>`) in `room`, cluster-wide, for `connection`.
@@ -236,6 +285,9 @@ impl Cluster {
     ) -> Result<String, Rejection> {
         let mut redis = self.connection().map_err(|_| Rejection::Unavailable)?;
         let keys = RoomKeys::new(room);
+        let (stale, leave) =
+            name.map_or_else(Default::default, |name| self.takeover_of(room, name));
+        let _in_flight = ClaimInFlight::new(self, connection);
         let claimed: Option<(String, i64)> = self
             .scripts
             .claim
@@ -248,17 +300,16 @@ impl Cluster {
             .arg(room)
             .arg("")
             .arg(&keys.channel)
-            .arg(self.holder_prefix())
+            .arg(stale)
+            .arg(leave)
             .invoke_async(&mut redis)
             .await
             .map_err(|error| {
                 tracing::debug!(%error, "claiming a name in redis failed");
                 Rejection::Unavailable
             })?;
-        match claimed {
-            Some((name, 1)) => Ok(name),
-            _ => Err(Rejection::NameTaken),
-        }
+        // `{name, 0}`: this very holder had it already (a reconciliation got there first).
+        claimed.map(|(name, _)| name).ok_or(Rejection::NameTaken)
     }
 
     /// Subscribes to `room` unless the node is already, and returns once the node's copy of the
@@ -351,6 +402,10 @@ impl Cluster {
     /// Gives up `name` in `room` in the background; with `announce`, every node's members hear
     /// `leave`. Queued while Redis is away and done when it is back.
     pub fn release(&self, room: &Arc<str>, name: String, connection: u64, announce: bool) {
+        if !name.is_empty() {
+            let key = (Arc::clone(room), name.clone());
+            lock(&self.releasing).insert(key, (connection, announce));
+        }
         let _ = self.control.send(Control::Release(Release {
             room: Arc::clone(room),
             name,

@@ -6,8 +6,8 @@
 -- KEYS[1] the room's owners (name -> holder), KEYS[2] its members (name by join time),
 -- KEYS[3] this node's names (`room/name`), KEYS[4] the guest counter
 -- ARGV[1] the name or '', ARGV[2] the holder, ARGV[3] the room, ARGV[4] a `join` frame to
--- publish when claimed now ('' for none), ARGV[5] the room's channel, ARGV[6] this node's
--- holder prefix (`node/`)
+-- publish when claimed now ('' for none), ARGV[5] the room's channel, ARGV[6] the holder it
+-- may take over ('' for none), ARGV[7] that holder's `leave` frame ('' for none)
 local name = ARGV[1]
 if name == '' then
   -- Guest numbers are cluster-wide; a name someone chose that looks like a guest is skipped.
@@ -26,11 +26,14 @@ local owner = redis.call('HGET', KEYS[1], name)
 if owner == ARGV[2] then
   return {name, 0}
 end
--- A holder of this same node that is not the claimant has ended: the node asks only for names
--- it holds nowhere itself, and its release may still be on the way. The claimant takes over.
-local stale = owner and string.sub(owner, 1, #ARGV[6]) == ARGV[6]
-if owner and not stale then
+-- A connection of this node that has ended and whose release is still on its way: the new
+-- claimant takes over, and that connection's `leave` (if it had joined) goes out now, since
+-- its release will find the name no longer its own.
+if owner and owner ~= ARGV[6] then
   return nil
+end
+if owner and ARGV[7] ~= '' then
+  redis.call('PUBLISH', ARGV[5], ARGV[7])
 end
 redis.call('HSET', KEYS[1], name, ARGV[2])
 local now = redis.call('TIME')

@@ -14,10 +14,10 @@ for _, node in ipairs(gone) do
   local set = 'wschat:node:' .. node .. ':members'
   for _, entry in ipairs(redis.call('SMEMBERS', set)) do
     local slash = string.find(entry, '/', 1, true)
-    local room = string.sub(entry, 1, slash - 1)
-    local name = string.sub(entry, slash + 1)
+    local room = slash and string.sub(entry, 1, slash - 1) or ''
+    local name = slash and string.sub(entry, slash + 1) or ''
     local base = 'wschat:room:' .. room
-    local owner = redis.call('HGET', base .. ':owners', name)
+    local owner = slash and redis.call('HGET', base .. ':owners', name)
     if owner and string.sub(owner, 1, #node + 1) == node .. '/' then
       redis.call('HDEL', base .. ':owners', name)
       redis.call('ZREM', base .. ':members', name)
