@@ -87,12 +87,18 @@ pub struct Cluster {
     control: mpsc::UnboundedSender<Control>,
     metrics: Metrics,
     scripts: Scripts,
-    /// Names this node has let go of whose release has not run yet: `(room, name)` →
-    /// `(connection, announce)`.
-    releasing: Mutex<HashMap<(Arc<str>, String), (u64, bool)>>,
+    /// Names this node has let go of whose release has not run yet.
+    releasing: Mutex<HashMap<RoomName, Letting>>,
     /// Connections whose claim is on its way to Redis or back.
     claims_in_flight: Mutex<HashSet<u64>>,
 }
+
+/// A name in a room: `(room, name)`.
+type RoomName = (Arc<str>, String);
+
+/// A name being let go of: the connection that held it, and whether it had joined (so its
+/// `leave` is due).
+type Letting = (u64, bool);
 
 /// Marks a connection's claim as in flight while it lives, so a reconciliation running at the
 /// same time neither claims its name again nor releases what Redis just gave it.
