@@ -1,21 +1,24 @@
-//! Smoke test of `wschat-load` against an in-process server: every scenario runs to the end on
-//! a tiny load and reports what it should. Performance is measured by `benches/compare.sh`,
-//! never here.
+//! Smoke test of `wschat-load` against an in-process server (and an in-process cluster of two
+//! nodes on a real Redis): every scenario runs to the end on a tiny load and reports what it
+//! should. Performance is measured by `benches/compare.sh` and `benches/cluster.sh`, never here.
 
 use std::process::Command;
 
 use serde_json::Value;
-use wschat_testkit::TestServer;
+use wschat_testkit::{RedisServer, TestServer};
 
 fn load(server: &TestServer, args: &[&str]) -> Value {
+    load_nodes(std::slice::from_ref(server), args)
+}
+
+/// Runs `wschat-load` with one `--url` per node (they share a token).
+fn load_nodes(nodes: &[TestServer], args: &[&str]) -> Value {
+    let urls = nodes
+        .iter()
+        .flat_map(|node| ["--url".to_owned(), node.ws_url()]);
     let output = Command::new(env!("CARGO_BIN_EXE_wschat-load"))
-        .args([
-            "--url",
-            &server.ws_url(),
-            "--token",
-            server.token(),
-            "--json",
-        ])
+        .args(urls)
+        .args(["--token", nodes[0].token(), "--json"])
         .args([
             "--server-pid",
             &std::process::id().to_string(),
@@ -73,6 +76,44 @@ async fn fanout_scenario_delivers_everything_in_order() {
     assert_eq!(report["lost"], 0, "{report}");
     assert_eq!(report["out_of_order"], 0, "{report}");
     assert_eq!(report["complete_receivers"], 5, "{report}");
+    assert_eq!(report["id_order_breaks"], 0, "{report}");
+    assert_eq!(report["receivers_in_another_order"], 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_scenario_across_a_cluster_delivers_everything_in_one_order() {
+    let Some(redis) = RedisServer::start().await else {
+        return; // no redis-server here: RedisServer::start said so on stderr
+    };
+    let nodes = TestServer::start_cluster(&redis, 2, |config| config.rate_limit = 0).await;
+    let report = load_nodes(
+        &nodes,
+        &[
+            "fanout",
+            "--members",
+            "6",
+            "--senders",
+            "4",
+            "--messages",
+            "25",
+            "--rate",
+            "3000",
+        ],
+    );
+    assert_eq!(report["nodes"], 2, "{report}");
+    assert_eq!(report["deliveries"], 600, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["out_of_order"], 0, "{report}");
+    assert_eq!(report["id_order_breaks"], 0, "{report}");
+    assert_eq!(report["gap_events"], 0, "{report}");
+    assert_eq!(report["receivers_in_another_order"], 0, "{report}");
+    assert_eq!(report["complete_receivers"], 6, "{report}");
+    // Half the deliveries cross nodes: senders 0 and 2 are on the first node, 1 and 3 on the
+    // second, and so are half the members.
+    assert!(
+        report["cross_node_latency_p99_ms"].as_f64().is_some(),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,13 @@
 //! authenticated connections: server memory per connection). Given the server's PID it also
 //! reports the server's CPU time per operation, read from `/proc`.
 //!
+//! A cluster (SPEC §11) is driven by giving `--url` once per node: clients are spread over the
+//! nodes round-robin (client `i` on node `i mod nodes`, so `fanout`'s senders too), server
+//! figures are summed over every `--server-pid`, and `--redis-pid` adds Redis's CPU time per
+//! posted message. `fanout` then also reports the latency of deliveries on another node than
+//! the sender's, and checks that every receiver saw one and the same order (message ids one
+//! apart everywhere).
+//!
 //! `--protocol wschat` speaks SPEC §5 (JSON events, `welcome` first); `--protocol raw` treats
 //! every text frame as a broadcast message, for the comparison peers.
 
@@ -22,9 +29,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "wschat-load", version, about = "Load generator for wschat")]
 struct Cli {
-    /// WebSocket URL of the server, without query
-    #[arg(long, default_value = "ws://127.0.0.1:3000/")]
-    url: String,
+    /// WebSocket URL of the server, without query; repeat it for each node of a cluster
+    /// (clients are spread over the nodes round-robin)
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        default_value = "ws://127.0.0.1:3000/"
+    )]
+    urls: Vec<String>,
     /// Token sent as the `token` query parameter
     #[arg(
         long,
@@ -35,9 +47,13 @@ struct Cli {
     token: String,
     #[arg(long, value_enum, default_value_t = Protocol::Wschat)]
     protocol: Protocol,
-    /// PID of the server process, to report its CPU time per operation and its memory
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// PID of the server process, to report its CPU time per operation and its memory; repeat
+    /// it for each node of a cluster (figures are summed over the nodes)
+    #[arg(long = "server-pid", value_name = "PID")]
+    server_pids: Vec<u32>,
+    /// PID of the cluster's redis-server, to report its CPU time per posted message (`fanout`)
+    #[arg(long, value_name = "PID")]
+    redis_pid: Option<u32>,
     /// Print one JSON object instead of text
     #[arg(long)]
     json: bool,
@@ -72,7 +88,8 @@ enum Scenario {
         #[arg(long, default_value_t = 32)]
         concurrency: u64,
     },
-    /// N members in one room, K of them sending M messages each
+    /// N members in one room, K of them sending M messages each; members (senders first) are
+    /// spread over the nodes round-robin
     Fanout {
         #[arg(long, default_value_t = 100)]
         members: usize,
@@ -80,7 +97,8 @@ enum Scenario {
         senders: usize,
         #[arg(long, default_value_t = 1000)]
         messages: u64,
-        /// Pace the senders to this many deliveries per second in total (0: burst)
+        /// Pace the senders to this many deliveries per second in total (0: burst); messages
+        /// per second are this divided by --members
         #[arg(long, default_value_t = 0)]
         rate: u64,
         /// Bytes of text per message (at least the timestamp marker)
@@ -104,10 +122,11 @@ enum Scenario {
 async fn main() {
     let cli = Cli::parse();
     let target = scenarios::Target {
-        url: cli.url,
+        urls: cli.urls,
         token: cli.token,
         protocol: cli.protocol,
-        pid: cli.server_pid,
+        server_pids: cli.server_pids,
+        redis_pid: cli.redis_pid,
         run: format!("{:08x}", rand::random::<u32>()),
     };
     let work = async {

@@ -1,7 +1,9 @@
-//! What the load generator reads about the server process from `/proc`: CPU time and memory.
+//! What the load generator reads about the server processes from `/proc`: CPU time and memory.
 //!
 //! CPU time per operation stays meaningful when the load generator, sharing the machine, is
-//! the bottleneck: it counts only what the server spent, whatever the wall clock says.
+//! the bottleneck: it counts only what the server spent, whatever the wall clock says. A
+//! cluster is several processes (its nodes, and Redis apart): figures are summed over the PIDs
+//! given, and a figure is missing when any of them cannot be read.
 
 use std::time::Duration;
 
@@ -9,12 +11,17 @@ use std::time::Duration;
 /// (`getconf CLK_TCK`).
 const CLOCK_TICKS_PER_SEC: u64 = 100;
 
-/// CPU time the process has used so far, or `None` without `/proc` or a PID. Prefers the
-/// scheduler's nanosecond accounting of every live thread (`/proc/PID/task/*/schedstat`);
-/// falls back to the 10 ms ticks of `/proc/PID/stat`.
-pub fn cpu_time(pid: Option<u32>) -> Option<Duration> {
-    let pid = pid?;
-    schedstat_total(pid).or_else(|| stat_ticks(pid))
+/// CPU time the processes have used so far, summed; `None` without `/proc`, without PIDs, or
+/// when one of them is gone. Prefers the scheduler's nanosecond accounting of every live thread
+/// (`/proc/PID/task/*/schedstat`); falls back to the 10 ms ticks of `/proc/PID/stat`
+/// (utime + stime).
+pub fn cpu_time(pids: &[u32]) -> Option<Duration> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|&pid| schedstat_total(pid).or_else(|| stat_ticks(pid)))
+        .sum()
 }
 
 fn schedstat_total(pid: u32) -> Option<Duration> {
@@ -40,9 +47,16 @@ fn stat_ticks(pid: u32) -> Option<Duration> {
     ))
 }
 
-/// Resident memory in KiB (`VmRSS`).
-pub fn rss_kib(pid: Option<u32>) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+/// Resident memory in KiB (`VmRSS`), summed over the processes; `None` as for `cpu_time`.
+pub fn rss_kib(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| process_rss_kib(pid)).sum()
+}
+
+fn process_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find(|line| line.starts_with("VmRSS:"))?
@@ -52,23 +66,46 @@ pub fn rss_kib(pid: Option<u32>) -> Option<u64> {
         .ok()
 }
 
-/// Measures the server's CPU time across a phase.
+/// Measures the CPU time of a set of processes (the server's nodes, or Redis) across a phase.
 pub struct CpuMeter {
-    pid: Option<u32>,
+    pids: Vec<u32>,
     start: Option<Duration>,
 }
 
 impl CpuMeter {
-    pub fn start(pid: Option<u32>) -> Self {
+    pub fn start(pids: &[u32]) -> Self {
         Self {
-            pid,
-            start: cpu_time(pid),
+            pids: pids.to_vec(),
+            start: cpu_time(pids),
         }
     }
 
-    /// Microseconds of server CPU per operation since `start`.
+    /// CPU time the processes spent since `start`.
+    pub fn spent(&self) -> Option<Duration> {
+        cpu_time(&self.pids)?.checked_sub(self.start?)
+    }
+
+    /// Microseconds of CPU per operation since `start`.
     pub fn per_op_micros(&self, ops: u64) -> Option<f64> {
-        let spent = cpu_time(self.pid)?.checked_sub(self.start?)?;
+        let spent = self.spent()?;
         (ops > 0).then(|| spent.as_secs_f64() * 1e6 / ops as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_are_summed_over_processes_and_missing_without_any() {
+        let me = std::process::id();
+        assert_eq!(cpu_time(&[]), None);
+        assert_eq!(rss_kib(&[]), None);
+        let one = rss_kib(&[me]).expect("our own /proc entry");
+        let two = rss_kib(&[me, me]).expect("our own /proc entry");
+        assert!(two > one, "{one} KiB once, {two} KiB twice");
+        assert!(cpu_time(&[me, me]).is_some());
+        // A PID that cannot exist (above the kernel's limit) makes the sum unknown.
+        assert_eq!(cpu_time(&[me, u32::MAX]), None);
     }
 }

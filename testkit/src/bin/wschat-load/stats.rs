@@ -14,34 +14,25 @@ pub fn percentile(sorted: &[u64], fraction: f64) -> Option<u64> {
 /// A flat report: ordered keys, numbers or strings, printed as JSON and as text.
 #[derive(Default)]
 pub struct Report {
-    fields: BTreeMap<&'static str, serde_json::Value>,
+    fields: BTreeMap<String, serde_json::Value>,
 }
 
 impl Report {
-    pub fn set(&mut self, key: &'static str, value: impl Into<serde_json::Value>) -> &mut Self {
-        self.fields.insert(key, value.into());
+    pub fn set(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> &mut Self {
+        self.fields.insert(key.into(), value.into());
         self
     }
 
-    /// Adds p50/p99/max of `micros` (unsorted) as milliseconds under `prefix`.
-    pub fn latencies(&mut self, prefix: &'static str, mut micros: Vec<u64>) -> &mut Self {
+    /// Adds p50/p99/max of `micros` (unsorted) as milliseconds, as `PREFIX_p50_ms` and so on.
+    pub fn latencies(&mut self, prefix: &str, mut micros: Vec<u64>) -> &mut Self {
         micros.sort_unstable();
-        let as_ms = |value: Option<u64>| value.map(|v| v as f64 / 1000.0);
-        let keys: [(&'static str, f64); 3] = match prefix {
-            "latency" => [
-                ("latency_p50_ms", 0.5),
-                ("latency_p99_ms", 0.99),
-                ("latency_max_ms", 1.0),
-            ],
-            _ => [
-                ("handshake_p50_ms", 0.5),
-                ("handshake_p99_ms", 0.99),
-                ("handshake_max_ms", 1.0),
-            ],
-        };
-        for (key, fraction) in keys {
-            if let Some(ms) = as_ms(percentile(&micros, fraction)) {
-                self.set(key, (ms * 1000.0).round() / 1000.0);
+        for (name, fraction) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
+            if let Some(value) = percentile(&micros, fraction) {
+                self.set(format!("{prefix}_{name}_ms"), value as f64 / 1000.0);
             }
         }
         self
@@ -72,5 +63,14 @@ mod tests {
         assert_eq!(percentile(&data, 0.99), Some(99));
         assert_eq!(percentile(&data, 1.0), Some(100));
         assert_eq!(percentile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn latency_keys_carry_their_prefix() {
+        let mut report = Report::default();
+        report.latencies("cross_node_latency", vec![3000, 1000, 2000]);
+        assert_eq!(report.fields["cross_node_latency_p50_ms"], 2.0);
+        assert_eq!(report.fields["cross_node_latency_max_ms"], 3.0);
+        assert!(!report.fields.contains_key("latency_p50_ms"));
     }
 }
