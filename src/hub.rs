@@ -389,6 +389,18 @@ impl RoomState {
         except: Option<&str>,
         backend: &Backend,
     ) -> Broadcast {
+        self.broadcast_all(room, std::slice::from_ref(&event), except, backend)
+    }
+
+    /// [`RoomState::broadcast`] for several events, queued member by member, so each member
+    /// gets them in one push (and one wake-up).
+    fn broadcast_all(
+        &mut self,
+        room: &Arc<str>,
+        events: &[Utf8Bytes],
+        except: Option<&str>,
+        backend: &Backend,
+    ) -> Broadcast {
         let mut delivered = 0;
         let mut backlog = false;
         let mut overflowed = Vec::new();
@@ -396,9 +408,13 @@ impl RoomState {
             if except == Some(member.name.as_str()) {
                 continue;
             }
-            match member.events.try_push(event.clone()) {
+            let pushed = match events {
+                [event] => member.events.try_push(event.clone()),
+                _ => member.events.try_push_all(events),
+            };
+            match pushed {
                 Ok(waiting) => {
-                    delivered += 1;
+                    delivered += events.len() as u64;
                     backlog |= member.events.is_half_full(waiting);
                 }
                 Err(Full) => overflowed.push(member.connection),
@@ -815,6 +831,38 @@ impl Hub {
         if refilled && delivered > 0 {
             self.inner.metrics.message_refilled();
         }
+    }
+
+    /// [`Hub::deliver_message`] for frames that arrived together, in id order: one lock, and
+    /// every member gets them in one push.
+    pub(crate) fn deliver_messages(&self, room: &str, frames: Vec<(u64, Utf8Bytes)>) {
+        let Some(room) = self.room(room) else { return };
+        let mut state = lock(&room.state);
+        let mut events = Vec::with_capacity(frames.len());
+        for (id, frame) in frames {
+            if id < state.next_id {
+                continue;
+            }
+            if id > state.next_id {
+                // The driver refills before it batches; a jump here has nothing to refill.
+                events.push(encode(&ServerEvent::Gap {
+                    room: room.name.to_string(),
+                    from: state.next_id,
+                    to: id - 1,
+                }));
+            }
+            state.next_id = id + 1;
+            state.remember(&frame, self.inner.limits.history);
+            events.push(frame);
+        }
+        if events.is_empty() {
+            return;
+        }
+        state.last_active = Instant::now();
+        let Broadcast { delivered, .. } =
+            state.broadcast_all(&room.name, &events, None, &self.inner.backend);
+        drop(state);
+        self.inner.metrics.messages_delivered(delivered);
     }
 
     /// Announces as a gap every id up to `upto` not delivered yet.

@@ -109,6 +109,28 @@ impl EventSender {
         Ok(waiting)
     }
 
+    /// Queues several events at once, with one lock and at most one wake-up: a cluster node
+    /// hands its members what arrived from Redis together. `Full` if they do not all fit (those
+    /// that did stay queued; a full queue gets its member removed anyway).
+    pub fn try_push_all(&self, events: &[Utf8Bytes]) -> Result<usize, Full> {
+        let mut state = self.shared.lock();
+        let was_empty = state.events.is_empty();
+        let mut outcome = Ok(0);
+        for event in events {
+            if state.events.len() >= self.shared.capacity {
+                outcome = Err(Full);
+                break;
+            }
+            state.events.push_back(event.clone());
+        }
+        let waiting = state.events.len();
+        drop(state);
+        if was_empty && waiting > 0 {
+            self.shared.waker.wake();
+        }
+        outcome.map(|_| waiting)
+    }
+
     /// Whether `waiting` events fill at least half of this queue.
     pub fn is_half_full(&self, waiting: usize) -> bool {
         waiting * 2 >= self.shared.capacity

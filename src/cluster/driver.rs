@@ -13,17 +13,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, RedisResult};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    join_frame, leave_frame, random_id, Cluster, Control, Release, RoomKeys, Unavailable,
-    EPOCH_KEY, GUESTS_KEY, NODES_KEY, PREFIX,
+    join_frame, leave_frame, random_id, Cluster, Control, PostFailed, Release, RoomKeys,
+    Unavailable, EPOCH_KEY, GUESTS_KEY, NODES_KEY, PREFIX,
 };
 use crate::hub::{lock, Hub};
 use crate::protocol::RoomFrame;
@@ -59,10 +59,127 @@ pub(super) const DATA_LOSS_HOLD: Duration = Duration::from_secs(6);
 const TICKS_PER_TIMEOUT: u32 = 3;
 const LEASE_TICKS: u32 = 2;
 
+/// The most frames taken from the subscription before they are delivered: members get what
+/// arrived together in one push, and other work still gets its turn.
+const MAX_FRAMES_PER_TURN: usize = 256;
+
+/// Messages taken from the subscription, per room, in id order, not yet handed to the hub.
+#[derive(Default)]
+struct ReadyFrames {
+    rooms: Vec<(String, Vec<(u64, Utf8Bytes)>)>,
+}
+
+impl ReadyFrames {
+    /// The id of the last message waiting for `room`.
+    fn last(&self, room: &str) -> Option<u64> {
+        let (_, frames) = self.rooms.iter().find(|(name, _)| name == room)?;
+        frames.last().map(|&(id, _)| id)
+    }
+
+    fn push(&mut self, room: &str, id: u64, frame: Utf8Bytes) {
+        match self.rooms.iter_mut().find(|(name, _)| name == room) {
+            Some((_, frames)) => frames.push((id, frame)),
+            None => self.rooms.push((room.to_owned(), vec![(id, frame)])),
+        }
+    }
+
+    /// Hands `room`'s waiting messages to the hub.
+    fn flush(&mut self, hub: &Hub, room: &str) {
+        if let Some(index) = self.rooms.iter().position(|(name, _)| name == room) {
+            let (room, frames) = self.rooms.swap_remove(index);
+            hub.deliver_messages(&room, frames);
+        }
+    }
+
+    fn flush_all(self, hub: &Hub) {
+        for (room, frames) in self.rooms {
+            hub.deliver_messages(&room, frames);
+        }
+    }
+}
+
+/// The most posts sent in one call: enough to amortize a call's cost, small enough that one
+/// call never holds Redis for long.
+const MAX_POSTS_PER_CALL: usize = 256;
+
+/// One message on its way to Redis, and where its id (or failure) goes.
+pub(super) struct Post {
+    pub(super) seq: String,
+    pub(super) history: String,
+    pub(super) channel: String,
+    pub(super) tail: String,
+    pub(super) floor: u64,
+    pub(super) done: oneshot::Sender<Result<u64, PostFailed>>,
+}
+
+/// Sends posts to Redis: every post that waits while a call is under way goes in the next call
+/// (group commit), one `post.lua` for all of them. A connection waits for its post's id before
+/// it posts again, so its messages keep their order; the posts of many connections share the
+/// round trip and the script's fixed cost.
+struct Poster {
+    cluster: Arc<Cluster>,
+    posts: mpsc::UnboundedReceiver<Post>,
+}
+
+impl Poster {
+    async fn run(mut self, stop: CancellationToken) {
+        let mut batch = Vec::with_capacity(MAX_POSTS_PER_CALL);
+        loop {
+            let first = tokio::select! {
+                () = stop.cancelled() => return,
+                first = self.posts.recv() => first,
+            };
+            let Some(first) = first else { return };
+            batch.push(first);
+            while batch.len() < MAX_POSTS_PER_CALL {
+                match self.posts.try_recv() {
+                    Ok(post) => batch.push(post),
+                    Err(_) => break,
+                }
+            }
+            let outcome = self.send(&batch).await;
+            for (index, post) in batch.drain(..).enumerate() {
+                let _ = post.done.send(match &outcome {
+                    Ok(ids) => ids
+                        .get(index)
+                        .copied()
+                        .ok_or(PostFailed { maybe_posted: true }),
+                    Err(failed) => Err(*failed),
+                });
+            }
+        }
+    }
+
+    async fn send(&self, batch: &[Post]) -> Result<Vec<u64>, PostFailed> {
+        let cluster = &self.cluster;
+        let mut connection = cluster.connection().map_err(|Unavailable| PostFailed {
+            maybe_posted: false,
+        })?;
+        let mut call = cluster.scripts.post.prepare_invoke();
+        call.arg(cluster.settings.history).arg(cluster.ttl_millis());
+        for post in batch {
+            call.key(&post.seq)
+                .key(&post.history)
+                .arg(&post.tail)
+                .arg(post.floor)
+                .arg(&post.channel);
+        }
+        call.invoke_async(&mut connection).await.map_err(|error| {
+            tracing::debug!(%error, "posting through redis failed");
+            // A reply that never came (a timeout, a dropped link) may hide posts that ran.
+            PostFailed {
+                maybe_posted: !is_server_error(&error),
+            }
+        })
+    }
+}
+
 /// Runs a node's Redis link until the server stops. Created with its `Cluster`.
 pub struct ClusterDriver {
     cluster: Arc<Cluster>,
     requests: mpsc::UnboundedReceiver<Control>,
+    /// Taken by `run`, which runs it beside the link.
+    poster: Option<Poster>,
     /// Channels subscribed on the current link.
     subscribed: HashSet<Arc<str>>,
     /// Releases asked for while Redis was away, done in order when it is back. Bounded by the
@@ -82,10 +199,19 @@ struct Link {
 }
 
 impl ClusterDriver {
-    pub(super) fn new(cluster: Arc<Cluster>, requests: mpsc::UnboundedReceiver<Control>) -> Self {
+    pub(super) fn new(
+        cluster: Arc<Cluster>,
+        requests: mpsc::UnboundedReceiver<Control>,
+        posts: mpsc::UnboundedReceiver<Post>,
+    ) -> Self {
+        let poster = Poster {
+            cluster: Arc::clone(&cluster),
+            posts,
+        };
         Self {
             cluster,
             requests,
+            poster: Some(poster),
             subscribed: HashSet::new(),
             pending_releases: VecDeque::new(),
             epoch: None,
@@ -97,6 +223,15 @@ impl ClusterDriver {
     /// and returns. Call `stop` only once the node's connections have ended.
     pub async fn run(mut self, hub: Hub, stop: CancellationToken) {
         let _down_on_exit = DownOnExit(Arc::clone(&self.cluster));
+        match self.poster.take() {
+            Some(poster) => {
+                tokio::join!(poster.run(stop.clone()), self.keep_link(hub, stop.clone()));
+            }
+            None => self.keep_link(hub, stop).await,
+        }
+    }
+
+    async fn keep_link(&mut self, hub: Hub, stop: CancellationToken) {
         let mut backoff = FIRST_BACKOFF;
         let mut ever_connected = false;
         // One warning per outage; the retries after it are logged at debug level.
@@ -260,7 +395,17 @@ impl ClusterDriver {
                 _ = lease.tick() => self.tick(hub, link).await?,
                 Some(request) = self.requests.recv() => self.handle(hub, link, request).await?,
                 message = link.messages.next() => match message {
-                    Some(message) => self.dispatch(hub, &mut link.commands, message).await?,
+                    Some(message) => {
+                        // Whatever else has arrived goes with it: members get it in one push.
+                        let mut arrived = vec![message];
+                        while arrived.len() < MAX_FRAMES_PER_TURN {
+                            match link.messages.next().now_or_never() {
+                                Some(Some(message)) => arrived.push(message),
+                                _ => break,
+                            }
+                        }
+                        self.dispatch(hub, &mut link.commands, arrived).await?;
+                    }
                     None => return Err(lost("the subscription connection closed")),
                 },
             }
@@ -370,49 +515,63 @@ impl ClusterDriver {
         Ok(())
     }
 
-    /// Delivers one frame from the subscription.
+    /// Delivers frames from the subscription, in the order they arrived. A room's messages
+    /// that follow one another are handed to the hub together; a jump is refilled from history
+    /// first, and a `join` or `leave` goes out after the messages before it.
     async fn dispatch(
         &mut self,
         hub: &Hub,
         connection: &mut MultiplexedConnection,
-        message: redis::Msg,
+        arrived: Vec<redis::Msg>,
     ) -> RedisResult<()> {
-        let channel = message.get_channel_name();
-        let Some(room) = channel
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.strip_prefix("room:"))
-        else {
-            return Ok(());
-        };
-        let Ok(frame) = std::str::from_utf8(message.get_payload_bytes()) else {
-            return Ok(());
-        };
-        let frame = Utf8Bytes::from(frame.to_owned());
-        match RoomFrame::of(&frame) {
-            Some(RoomFrame::Message { id }) => {
-                // Not synced: unsubscribed meanwhile, or not yet brought up to date; either way
-                // the room is refilled from history when it is synced.
-                let Some(last) = hub.last_delivered(room, false) else {
-                    return Ok(());
-                };
-                if id <= last {
-                    return Ok(()); // already delivered (refilled, or seen while syncing)
+        let mut ready = ReadyFrames::default();
+        for message in arrived {
+            let channel = message.get_channel_name();
+            let Some(room) = channel
+                .strip_prefix(PREFIX)
+                .and_then(|rest| rest.strip_prefix("room:"))
+            else {
+                continue;
+            };
+            let Ok(frame) = std::str::from_utf8(message.get_payload_bytes()) else {
+                continue;
+            };
+            let frame = Utf8Bytes::from(frame.to_owned());
+            match RoomFrame::of(&frame) {
+                Some(RoomFrame::Message { id }) => {
+                    // Not synced: unsubscribed meanwhile, or not yet brought up to date; either
+                    // way the room is refilled from history when it is synced.
+                    let Some(last) = ready.last(room).or_else(|| hub.last_delivered(room, false))
+                    else {
+                        continue;
+                    };
+                    if id <= last {
+                        continue; // already delivered (refilled, or seen while syncing)
+                    }
+                    if id > last + 1 {
+                        ready.flush(hub, room);
+                        let missed: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
+                            .arg(RoomKeys::new(room).history)
+                            .arg(last + 1)
+                            .arg(id - 1)
+                            .query_async(connection)
+                            .await?;
+                        self.apply_history(hub, room, missed, id - 1);
+                    }
+                    ready.push(room, id, frame);
                 }
-                if id > last + 1 {
-                    let missed: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
-                        .arg(RoomKeys::new(room).history)
-                        .arg(last + 1)
-                        .arg(id - 1)
-                        .query_async(connection)
-                        .await?;
-                    self.apply_history(hub, room, missed, id - 1);
+                Some(RoomFrame::Join { user }) => {
+                    ready.flush(hub, room);
+                    hub.deliver_presence(room, frame, Some(&user));
                 }
-                hub.deliver_message(room, id, frame, false);
+                Some(RoomFrame::Leave { .. }) => {
+                    ready.flush(hub, room);
+                    hub.deliver_presence(room, frame, None);
+                }
+                None => tracing::debug!(room, "ignored an unknown frame on a room channel"),
             }
-            Some(RoomFrame::Join { user }) => hub.deliver_presence(room, frame, Some(&user)),
-            Some(RoomFrame::Leave { .. }) => hub.deliver_presence(room, frame, None),
-            None => tracing::debug!(room, "ignored an unknown frame on a room channel"),
         }
+        ready.flush_all(hub);
         Ok(())
     }
 

@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 pub use driver::ClusterDriver;
+use driver::Post;
 
 use crate::config::RedisUrl;
 use crate::handshake::Rejection;
@@ -85,6 +86,8 @@ pub struct Cluster {
     /// sequences to what its members saw (see `driver::DATA_LOSS_HOLD`).
     posts_held_until: Mutex<Option<Instant>>,
     control: mpsc::UnboundedSender<Control>,
+    /// Posts on their way to the driver's poster, which sends all that wait in one call.
+    posts: mpsc::UnboundedSender<Post>,
     metrics: Metrics,
     scripts: Scripts,
     /// Names this node has let go of whose release has not run yet.
@@ -211,6 +214,7 @@ impl Cluster {
             redis::Client::open(url.expose()).map_err(|error| ClusterError(error.to_string()))?;
         let node = random_id();
         let (control, requests) = mpsc::unbounded_channel();
+        let (posts, waiting_posts) = mpsc::unbounded_channel();
         let cluster = Arc::new(Self {
             node_members_key: format!("{PREFIX}node:{node}:members"),
             node,
@@ -220,12 +224,13 @@ impl Cluster {
             up: AtomicBool::new(false),
             posts_held_until: Mutex::new(None),
             control,
+            posts,
             metrics,
             scripts: Scripts::load(),
             releasing: Mutex::new(HashMap::new()),
             claims_in_flight: Mutex::new(HashSet::new()),
         });
-        let driver = ClusterDriver::new(Arc::clone(&cluster), requests);
+        let driver = ClusterDriver::new(Arc::clone(&cluster), requests, waiting_posts);
         Ok((cluster, driver))
     }
 
@@ -369,7 +374,8 @@ impl Cluster {
 
     /// Posts a message: Redis gives it the room's next id (above `floor`, the highest id this
     /// node has delivered in the room), stores it and publishes it. Members receive it through
-    /// the subscription, the sender included.
+    /// the subscription, the sender included. Posts of every connection that wait while one
+    /// call is under way go together in the next (see `driver::Poster`).
     pub async fn post(
         &self,
         room: &str,
@@ -377,32 +383,30 @@ impl Cluster {
         text: &str,
         floor: u64,
     ) -> Result<u64, PostFailed> {
-        let mut connection = self.connection().map_err(|Unavailable| PostFailed {
+        let not_sent = PostFailed {
             maybe_posted: false,
-        })?;
+        };
+        if !self.is_up() {
+            return Err(not_sent);
+        }
         let keys = RoomKeys::new(room);
-        let tail = message_frame_tail(room, user, text, now_millis());
+        let (done, posted) = oneshot::channel();
+        let post = Post {
+            seq: keys.seq,
+            history: keys.history,
+            channel: keys.channel,
+            tail: message_frame_tail(room, user, text, now_millis()),
+            floor,
+            done,
+        };
+        self.posts.send(post).map_err(|_| not_sent)?;
         let started = Instant::now();
-        let posted: redis::RedisResult<u64> = self
-            .scripts
-            .post
-            .key(&keys.seq)
-            .key(&keys.history)
-            .arg(tail)
-            .arg(self.settings.history)
-            .arg(self.ttl_millis())
-            .arg(floor)
-            .arg(&keys.channel)
-            .invoke_async(&mut connection)
-            .await;
+        // The poster always answers; if it is gone mid-call, the post may have run.
+        let posted = posted
+            .await
+            .unwrap_or(Err(PostFailed { maybe_posted: true }));
         self.metrics.redis_published(started.elapsed());
-        posted.map_err(|error| {
-            tracing::debug!(%error, "posting through redis failed");
-            // A reply that never came (a timeout, a dropped link) may hide a post that ran.
-            PostFailed {
-                maybe_posted: !matches!(error.kind(), redis::ErrorKind::Server(_)),
-            }
-        })
+        posted
     }
 
     /// Gives up `name` in `room` in the background; with `announce`, every node's members hear

@@ -1,22 +1,39 @@
--- Posts one message: assigns the room's next id, stores the frame in the bounded history and
--- publishes it, in one atomic step, so every subscriber and the history agree on the order.
--- KEYS[1] the room's sequence, KEYS[2] its history (a sorted set scored by id)
--- ARGV[1] the frame after its id (`,"room":...}`), ARGV[2] history length, ARGV[3] history TTL
--- in ms, ARGV[4] the posting node's highest id seen in the room, ARGV[5] the room's channel
-local id = redis.call('INCR', KEYS[1])
-local floor = tonumber(ARGV[4])
-if id <= floor then
-  -- Redis lost the sequence (a restart without persistence): continue above what members saw.
-  id = floor + 1
-  redis.call('SET', KEYS[1], id)
+-- Posts a batch of messages, in order: each gets its room's next id, is stored in the room's
+-- bounded history and published, all in one atomic step, so every subscriber and the history
+-- agree on the order. A batch carries the posts of many connections of one node: one call
+-- instead of one per message, and each room's trim and TTLs once per batch.
+-- KEYS: for message i, KEYS[2i-1] its room's sequence and KEYS[2i] its room's history
+-- (a sorted set scored by id)
+-- ARGV[1] history length, ARGV[2] history TTL in ms, then for message i (from ARGV[3], three
+-- each): the frame after its id (`,"room":...}`), the posting node's highest id seen in the
+-- room, the room's channel
+-- Returns the ids, in order.
+local keep = tonumber(ARGV[1])
+local ttl = ARGV[2]
+local ids = {}
+local touched = {}
+for i = 1, #KEYS / 2 do
+  local seq, history = KEYS[2 * i - 1], KEYS[2 * i]
+  local tail, floor, channel = ARGV[3 * i], tonumber(ARGV[3 * i + 1]), ARGV[3 * i + 2]
+  local id = redis.call('INCR', seq)
+  if id <= floor then
+    -- Redis lost the sequence (a restart without persistence): continue above what members saw.
+    id = floor + 1
+    redis.call('SET', seq, id)
+  end
+  local frame = '{"type":"message","id":' .. string.format('%d', id) .. tail
+  if keep > 0 then
+    redis.call('ZADD', history, id, frame)
+  end
+  redis.call('PUBLISH', channel, frame)
+  ids[i] = id
+  touched[seq] = history
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local frame = '{"type":"message","id":' .. string.format('%d', id) .. ARGV[1]
-local keep = tonumber(ARGV[2])
-if keep > 0 then
-  redis.call('ZADD', KEYS[2], id, frame)
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -keep - 1)
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+for seq, history in pairs(touched) do
+  redis.call('PEXPIRE', seq, ttl)
+  if keep > 0 then
+    redis.call('ZREMRANGEBYRANK', history, 0, -keep - 1)
+    redis.call('PEXPIRE', history, ttl)
+  end
 end
-redis.call('PUBLISH', ARGV[5], frame)
-return id
+return ids
