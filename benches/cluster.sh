@@ -209,13 +209,14 @@ redis_alone() {
     sleep 0.05
   done
   redis-cli -h 127.0.0.1 -p "$REDIS_PORT" config resetstat >/dev/null
-  # What a node sends: the frame after its id (about 130 bytes for the load's 64-byte texts),
-  # the history length (50), the history TTL (24 h), the floor, the channel.
+  # What a node sends for a batch of one (post.lua's argument order): the history length (50),
+  # the history TTL (24 h), then the frame after its id (about 130 bytes for the load's 64-byte
+  # texts), the floor, the channel.
   local tail=',"room":"bench","user":"guest-17","text":"#lt:3:417:1234567#xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx","ts":1764650000000}'
   before=$(awk '{print $14 + $15}' "/proc/$REDIS_PID/stat")
   csv=$("${PRIORITY[@]}" taskset -c "$SERVER_CORE" redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c 10 \
     -P "$pipeline" -n "$calls" --csv evalsha "$sha" 2 "$channel:seq" "$channel:history" \
-    "$tail" 50 86400000 0 "$channel" | tail -n 1)
+    50 86400000 "$tail" 0 "$channel" | tail -n 1)
   after=$(awk '{print $14 + $15}' "/proc/$REDIS_PID/stat")
   redis-cli -h 127.0.0.1 -p "$REDIS_PORT" info commandstats | python3 -c '
 import json, sys
