@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,7 +31,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::hub::{Backlog, Joined, Membership, SayError};
+use crate::hub::{Backlog, Joined, Membership, PendingPost, Posting, SayError};
 use crate::log_format::PeerAddr;
 use crate::metrics::Metrics;
 use crate::protocol::{parse_client_frame, ClientFrame, ErrorCode, ServerEvent};
@@ -256,10 +257,31 @@ impl Keepalive {
     }
 }
 
+/// Posts one connection may have on their way through a cluster's Redis at once, before it
+/// stops reading its client: enough to keep Redis's calls full, little enough to bound memory.
+const MAX_POSTS_IN_FLIGHT: usize = 64;
+
+/// A connection's posts under way, in the order it made them. Allocated on the first one: a
+/// single node never has any, and an idle connection keeps only the pointer.
+type PostsInFlight = Option<Box<FuturesOrdered<PendingPost>>>;
+
+/// The next post that completes, or never when none is under way.
+async fn next_posted(posts: &mut PostsInFlight) -> Result<Backlog, SayError> {
+    match posts {
+        Some(posts) if !posts.is_empty() => match posts.next().await {
+            Some(posted) => posted,
+            None => std::future::pending().await,
+        },
+        _ => std::future::pending().await,
+    }
+}
+
 /// What became of one text frame from the client.
 enum Reply {
     /// Posted to the room.
     Posted(Backlog),
+    /// On its way through Redis; the answer comes later, in order.
+    Pending(PendingPost),
     /// Refused; this `error` event goes back to the client.
     Error(Message),
 }
@@ -307,6 +329,7 @@ pub struct Connection {
     _capacity_permit: OwnedSemaphorePermit,
     membership: Membership,
     events: EventQueue,
+    posts_in_flight: PostsInFlight,
     keepalive: Keepalive,
     limits: ConnectionLimits,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -329,6 +352,7 @@ impl Connection {
             _capacity_permit: permit,
             membership: joined.membership,
             events: joined.events,
+            posts_in_flight: None,
             keepalive: Keepalive::new(limits.ping_interval, limits.idle_timeout),
             limits,
             shutdown: Box::pin(shutdown.cancelled_owned()),
@@ -411,7 +435,12 @@ impl Connection {
                     // The hub holds the sender while we are a member, so this means removal.
                     Next::Closed => return Ending::SlowConsumer,
                 },
-                frame = self.socket.next() => {
+                posted = next_posted(&mut self.posts_in_flight) => {
+                    if let Err(ending) = self.answer_post(posted).await {
+                        return ending;
+                    }
+                }
+                frame = self.socket.next(), if self.can_post_more() => {
                     self.keepalive.heard_from_client();
                     let text = match frame {
                         Some(Ok(Message::Text(text))) => text,
@@ -437,7 +466,7 @@ impl Connection {
                         continue;
                     }
                     refused_in_a_row = 0;
-                    match self.handle_text(text.as_str()).await {
+                    match self.handle_text(text.as_str()) {
                         // Frames already buffered would otherwise be read and posted without a
                         // pause. Once some member's queue is half full, yielding lets the
                         // members catch up first, so a client pipelining thousands of frames
@@ -445,34 +474,57 @@ impl Connection {
                         // lets every member take a large batch per write.
                         Ok(Reply::Posted(Backlog(true))) => tokio::task::yield_now().await,
                         Ok(Reply::Posted(Backlog(false))) => {}
+                        Ok(Reply::Pending(posting)) => self
+                            .posts_in_flight
+                            .get_or_insert_with(Default::default)
+                            .push_back(posting),
                         Ok(Reply::Error(error)) => if let Err(ending) = self.write(Some(error)).await {
                             return ending;
                         },
-                        Err(SayError::NotAMember) => return Ending::SlowConsumer,
-                        Err(SayError::Unavailable { maybe_posted }) => {
-                            let message = if maybe_posted {
-                                "the chat did not confirm the message; it may not have been posted"
-                            } else {
-                                "the chat is unavailable; the message was not posted"
-                            };
-                            let error = error_event(ErrorCode::Unavailable, message);
-                            if let Err(ending) = self.write(Some(error)).await {
-                                return ending;
-                            }
-                        }
+                        Err(failed) => if let Err(ending) = self.answer_post(Err(failed)).await {
+                            return ending;
+                        },
                     }
                 }
             }
         }
     }
 
+    /// Whether the connection may read another frame: not while `MAX_POSTS_IN_FLIGHT` of its
+    /// posts wait for Redis.
+    fn can_post_more(&self) -> bool {
+        self.posts_in_flight
+            .as_ref()
+            .is_none_or(|posts| posts.len() < MAX_POSTS_IN_FLIGHT)
+    }
+
+    /// Tells the client what became of a post that failed.
+    async fn answer_post(&mut self, posted: Result<Backlog, SayError>) -> Result<(), Ending> {
+        match posted {
+            Ok(_) => Ok(()),
+            Err(SayError::NotAMember) => Err(Ending::SlowConsumer),
+            Err(SayError::Unavailable { maybe_posted }) => {
+                let message = if maybe_posted {
+                    "the chat did not confirm the message; it may not have been posted"
+                } else {
+                    "the chat is unavailable; the message was not posted"
+                };
+                self.write(Some(error_event(ErrorCode::Unavailable, message)))
+                    .await
+            }
+        }
+    }
+
     /// Acts on one text frame.
-    async fn handle_text(&self, text: &str) -> Result<Reply, SayError> {
+    fn handle_text(&self, text: &str) -> Result<Reply, SayError> {
         Ok(match parse_client_frame(text) {
             ClientFrame::Say(text) if text.trim().is_empty() => {
                 Reply::Error(error_event(ErrorCode::EmptyMessage, "message is empty"))
             }
-            ClientFrame::Say(text) => Reply::Posted(self.membership.say(text).await?),
+            ClientFrame::Say(text) => match self.membership.post(text) {
+                Posting::Done(posted) => Reply::Posted(posted?),
+                Posting::Pending(posting) => Reply::Pending(posting),
+            },
             ClientFrame::BadRequest(reason) => {
                 Reply::Error(error_event(ErrorCode::BadRequest, &reason))
             }

@@ -16,6 +16,8 @@
 //! recipient shares the same allocation.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -623,24 +625,38 @@ impl Membership {
     /// before it noticed are not posted, and its name, now free, cannot be spoken for. In a
     /// cluster it fails, posting nothing, while Redis is unavailable.
     pub async fn say(&self, text: String) -> Result<Backlog, SayError> {
+        match self.post(text) {
+            Posting::Done(posted) => posted,
+            Posting::Pending(posting) => posting.await,
+        }
+    }
+
+    /// [`Membership::say`] without waiting for Redis: in memory the post is done when this
+    /// returns; in a cluster it is under way, and a connection may read and post its next
+    /// frame meanwhile (posts of one connection reach Redis in the order they were made).
+    pub fn post(&self, text: String) -> Posting {
         self.hub.inner.metrics.message_received();
         let cluster = match &self.hub.inner.backend {
-            Backend::Memory => return self.say_here(text),
-            Backend::Redis(cluster) => cluster,
+            Backend::Memory => return Posting::Done(self.say_here(text)),
+            Backend::Redis(cluster) => Arc::clone(cluster),
         };
         let floor = {
             let state = lock(&self.room.state);
             if !state.is_member(self.connection) {
-                return Err(SayError::NotAMember);
+                return Posting::Done(Err(SayError::NotAMember));
             }
             state.next_id - 1
         };
-        cluster
-            .post(&self.room.name, &self.name, &text, floor)
-            .await
-            .map_err(|PostFailed { maybe_posted }| SayError::Unavailable { maybe_posted })?;
-        // The message reaches this node's members from the driver; a backlog shows there.
-        Ok(Backlog(false))
+        let room = Arc::clone(&self.room.name);
+        let name = self.name.clone();
+        Posting::Pending(Box::pin(async move {
+            cluster
+                .post(&room, &name, &text, floor)
+                .await
+                .map_err(|PostFailed { maybe_posted }| SayError::Unavailable { maybe_posted })?;
+            // The message reaches this node's members from the driver; a backlog shows there.
+            Ok(Backlog(false))
+        }))
     }
 
     fn say_here(&self, text: String) -> Result<Backlog, SayError> {
@@ -678,6 +694,17 @@ struct Broadcast {
 /// members catch up before it posts more (see `Connection::serve`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backlog(pub bool);
+
+/// A post on its way through Redis.
+pub type PendingPost = Pin<Box<dyn Future<Output = Result<Backlog, SayError>> + Send>>;
+
+/// What [`Membership::post`] did.
+pub enum Posting {
+    /// Posted, or refused, already.
+    Done(Result<Backlog, SayError>),
+    /// Under way; resolves once Redis has given the message its id.
+    Pending(PendingPost),
+}
 
 /// Why a message was not posted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
