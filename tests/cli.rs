@@ -276,6 +276,10 @@ async fn list_variables_are_comma_separated() {
 #[case::huge_connection_limit(&["--max-connections", "18446744073709551615"], "--max-connections")]
 #[case::huge_duration(&["--idle-timeout", "500000000000y"], "--idle-timeout")]
 #[case::two_token_flags(&["--token", "a", "--token-file", "/tmp/x"], "--token-file")]
+#[case::redis_url_of_another_scheme(&["--redis-url", "http://127.0.0.1:6379/"], "--redis-url")]
+#[case::unparseable_redis_url(&["--redis-url", "redis://[::1"], "--redis-url")]
+#[case::node_timeout_too_short(&["--redis-url", "redis://127.0.0.1:1/", "--node-timeout", "500ms"], "--node-timeout")]
+#[case::zero_history_ttl(&["--history-ttl", "0s"], "--history-ttl")]
 #[tokio::test]
 async fn bad_configuration_exits_2_with_one_line(#[case] args: &[&str], #[case] named: &str) {
     let child = wschat(args).spawn().expect("spawn");
@@ -284,6 +288,41 @@ async fn bad_configuration_exits_2_with_one_line(#[case] args: &[&str], #[case] 
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
     assert!(stderr.contains(named), "{stderr:?} should name {named:?}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A password in `--redis-url` stays out of every line: the configuration error that names the
+/// URL, and the warning of a node that cannot reach its Redis.
+#[tokio::test]
+async fn a_redis_password_never_reaches_the_output() {
+    let child = wschat(&["--redis-url", "redis://user:hunter2-secret@[::1"])
+        .spawn()
+        .expect("spawn");
+    let (status, stderr) = exit_of(child).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("hunter2-secret"), "{stderr}");
+
+    // Port 1 on loopback: nothing listens, so the node warns that Redis is unreachable.
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        "redis://user:hunter2-secret@127.0.0.1:1/",
+    ];
+    let (mut child, _addr) = start(&args).await;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let warning = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("cannot reach redis") {
+                return line;
+            }
+        }
+        panic!("the node's log ended without the warning");
+    })
+    .await
+    .expect("the node warns that it cannot reach redis");
+    assert!(!warning.contains("hunter2-secret"), "{warning}");
+    assert!(!warning.contains("user:"), "{warning}");
 }
 
 #[tokio::test]
