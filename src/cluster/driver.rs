@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     join_frame, leave_frame, random_id, Cluster, Control, PostFailed, Release, RoomKeys,
-    Unavailable, EPOCH_KEY, GUESTS_KEY, NODES_KEY, PREFIX,
+    Unavailable, EPOCH_KEY, NODES_KEY, PREFIX,
 };
 use crate::hub::{lock, Hub};
 use crate::protocol::RoomFrame;
@@ -677,24 +677,10 @@ impl ClusterDriver {
         name: &str,
         holder: u64,
     ) -> RedisResult<()> {
-        let cluster = &self.cluster;
-        let keys = RoomKeys::new(room);
-        let (stale, leave) = cluster.takeover_of(room, name);
-        let claimed: Option<(String, i64)> = cluster
-            .scripts
-            .claim
-            .key(&keys.owners)
-            .key(&keys.members)
-            .key(&cluster.node_members_key)
-            .key(GUESTS_KEY)
-            .arg(name)
-            .arg(cluster.holder(holder))
-            .arg(room)
-            .arg(join_frame(room, name))
-            .arg(&keys.channel)
-            .arg(stale)
-            .arg(leave)
-            .invoke_async(connection)
+        let join = join_frame(room, name);
+        let claimed = self
+            .cluster
+            .run_claim(connection, room, Some(name), holder, &join)
             .await?;
         if claimed.is_none() {
             // Someone elsewhere took the name while this node was cut off. Both stay

@@ -295,12 +295,33 @@ impl Cluster {
         connection: u64,
     ) -> Result<String, Rejection> {
         let mut redis = self.connection().map_err(|_| Rejection::Unavailable)?;
+        let _in_flight = ClaimInFlight::new(self, connection);
+        let claimed = self
+            .run_claim(&mut redis, room, name, connection, "")
+            .await
+            .map_err(|error| {
+                tracing::debug!(%error, "claiming a name in redis failed");
+                Rejection::Unavailable
+            })?;
+        // `{name, 0}`: this very holder had it already (a reconciliation got there first).
+        claimed.map(|(name, _)| name).ok_or(Rejection::NameTaken)
+    }
+
+    /// Runs `claim.lua` for `connection` (see the script), taking over from this node's
+    /// connection that let the name go, if any; `join` is published when the name is claimed
+    /// now (empty: none).
+    async fn run_claim(
+        &self,
+        redis: &mut MultiplexedConnection,
+        room: &str,
+        name: Option<&str>,
+        connection: u64,
+        join: &str,
+    ) -> redis::RedisResult<Option<(String, i64)>> {
         let keys = RoomKeys::new(room);
         let (stale, leave) =
             name.map_or_else(Default::default, |name| self.takeover_of(room, name));
-        let _in_flight = ClaimInFlight::new(self, connection);
-        let claimed: Option<(String, i64)> = self
-            .scripts
+        self.scripts
             .claim
             .key(&keys.owners)
             .key(&keys.members)
@@ -309,18 +330,12 @@ impl Cluster {
             .arg(name.unwrap_or_default())
             .arg(self.holder(connection))
             .arg(room)
-            .arg("")
+            .arg(join)
             .arg(&keys.channel)
             .arg(stale)
             .arg(leave)
-            .invoke_async(&mut redis)
+            .invoke_async(redis)
             .await
-            .map_err(|error| {
-                tracing::debug!(%error, "claiming a name in redis failed");
-                Rejection::Unavailable
-            })?;
-        // `{name, 0}`: this very holder had it already (a reconciliation got there first).
-        claimed.map(|(name, _)| name).ok_or(Rejection::NameTaken)
     }
 
     /// Subscribes to `room` unless the node is already, and returns once the node's copy of the
