@@ -634,7 +634,7 @@ impl ClusterDriver {
                 continue;
             };
             let owner: Option<String> = redis::cmd("HGET")
-                .arg(RoomKeys::new(room).owners)
+                .arg(RoomKeys::new(room).owners())
                 .arg(name)
                 .query_async(connection)
                 .await?;
@@ -710,8 +710,8 @@ impl ClusterDriver {
         let _: u64 = cluster
             .scripts
             .release
-            .key(&keys.owners)
-            .key(&keys.members)
+            .key(keys.owners())
+            .key(keys.members())
             .key(&cluster.node_members_key)
             .key(&keys.seq)
             .key(&keys.history)

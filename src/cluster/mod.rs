@@ -175,13 +175,12 @@ impl Scripts {
     }
 }
 
-/// The Redis names of one room.
+/// The Redis names of one room. Those a post needs are built at once; the presence keys only
+/// when asked for, so the per-message path formats three names, not five.
 struct RoomKeys {
     channel: String,
     seq: String,
     history: String,
-    owners: String,
-    members: String,
 }
 
 impl RoomKeys {
@@ -190,10 +189,18 @@ impl RoomKeys {
         Self {
             seq: format!("{channel}:seq"),
             history: format!("{channel}:history"),
-            owners: format!("{channel}:owners"),
-            members: format!("{channel}:members"),
             channel,
         }
+    }
+
+    /// name → holder.
+    fn owners(&self) -> String {
+        format!("{}:owners", self.channel)
+    }
+
+    /// Names by join time.
+    fn members(&self) -> String {
+        format!("{}:members", self.channel)
     }
 }
 
@@ -323,8 +330,8 @@ impl Cluster {
             name.map_or_else(Default::default, |name| self.takeover_of(room, name));
         self.scripts
             .claim
-            .key(&keys.owners)
-            .key(&keys.members)
+            .key(keys.owners())
+            .key(keys.members())
             .key(&self.node_members_key)
             .key(GUESTS_KEY)
             .arg(name.unwrap_or_default())
@@ -357,7 +364,7 @@ impl Cluster {
     pub async fn members(&self, room: &str) -> Result<Vec<String>, Unavailable> {
         let mut connection = self.connection()?;
         redis::cmd("ZRANGE")
-            .arg(RoomKeys::new(room).members)
+            .arg(RoomKeys::new(room).members())
             .arg(0)
             .arg(-1)
             .query_async(&mut connection)
