@@ -12,9 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use crate::identity::jwt::{JwtKeyFile, JwtRules};
 
 /// The token the server accepts when none is configured: the one from the original Express
 /// example. Only safe on loopback, which is why `validate` refuses it elsewhere.
@@ -116,7 +118,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
-    pub token: Token,
+    /// The shared secret (SPEC §4). `None`: the development token, unless a per-user source
+    /// is configured, in which case there is no shared secret at all (SPEC §10).
+    pub token: Option<Token>,
     /// Empty means any origin is allowed.
     pub allowed_origins: Vec<String>,
     pub max_connections: usize,
@@ -144,13 +148,27 @@ pub struct Config {
     pub history_ttl: Duration,
     /// How long a node may go without renewing its lease before the others remove its members.
     pub node_timeout: Duration,
+    /// Per-user tokens (SPEC §10): `NAME:SHA256HEX` lines.
+    pub users_file: Option<PathBuf>,
+    /// The key signed tokens (JWT) are verified with.
+    pub jwt_key: Option<JwtKeyFile>,
+    /// Required `iss` of a JWT, when set.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of a JWT, when set.
+    pub jwt_audience: Option<String>,
+    /// Clock difference tolerated on `exp` and `nbf`.
+    pub jwt_leeway: Duration,
+    /// How long before `exp` a connection is told its token is expiring.
+    pub jwt_refresh_window: Duration,
+    /// Open connections one per-user identity may have.
+    pub max_connections_per_user: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             listen: default_listeners(),
-            token: Token::new(DEVELOPMENT_TOKEN),
+            token: None,
             allowed_origins: Vec::new(),
             max_connections: 10_000,
             max_message_bytes: 16 * 1024,
@@ -169,6 +187,13 @@ impl Default for Config {
             redis_url: None,
             history_ttl: Duration::from_secs(24 * 60 * 60),
             node_timeout: Duration::from_secs(15),
+            users_file: None,
+            jwt_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway: Duration::from_secs(5),
+            jwt_refresh_window: Duration::from_secs(60),
+            max_connections_per_user: 16,
         }
     }
 }
@@ -210,6 +235,11 @@ pub enum ConfigError {
     RedisUrlInvalid(String),
     #[error("--node-timeout must be at least 1s")]
     NodeTimeoutTooShort,
+    #[error("give either --jwt-secret-file or --jwt-public-key-file, not both")]
+    TwoJwtKeys,
+    /// A users file or JWT key that does not load; the message names the file.
+    #[error("{0}")]
+    Identity(String),
     #[error("{name} must be at most {max}")]
     TooLarge {
         name: &'static str,
@@ -234,10 +264,17 @@ impl Config {
         if self.listen.is_empty() {
             return Err(ConfigError::NoListener);
         }
-        if self.token.expose().is_empty() {
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|token| token.expose().is_empty())
+        {
             return Err(ConfigError::EmptyToken);
         }
-        if self.token.is_development_token() {
+        if self
+            .shared_secret()
+            .is_some_and(|token| token.is_development_token())
+        {
             if let Some(public) = self.listen.iter().find(|addr| !addr.ip().is_loopback()) {
                 return Err(ConfigError::DevelopmentTokenInPublic(*public));
             }
@@ -252,6 +289,10 @@ impl Config {
             ("--handshake-timeout", self.handshake_timeout.as_millis()),
             ("--auth-fail-window", self.auth_fail_window.as_millis()),
             ("--history-ttl", self.history_ttl.as_millis()),
+            (
+                "--max-connections-per-user",
+                self.max_connections_per_user as u128,
+            ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::MustBePositive { name });
@@ -273,6 +314,8 @@ impl Config {
             ("--auth-fail-window", self.auth_fail_window),
             ("--history-ttl", self.history_ttl),
             ("--node-timeout", self.node_timeout),
+            ("--jwt-leeway", self.jwt_leeway),
+            ("--jwt-refresh-window", self.jwt_refresh_window),
         ];
         if let Some((name, _)) = durations.iter().find(|(_, value)| *value > MAX_DURATION) {
             return Err(ConfigError::TooLarge { name, max: "365d" });
@@ -283,6 +326,28 @@ impl Config {
             return Err(ConfigError::NodeTimeoutTooShort);
         }
         Ok(())
+    }
+
+    /// Whether a users file or a JWT key is configured.
+    pub fn has_per_user_source(&self) -> bool {
+        self.users_file.is_some() || self.jwt_key.is_some()
+    }
+
+    /// The shared secret clients may present: the one configured, else the development token
+    /// when no per-user source is configured (SPEC §10 turns it off then).
+    pub fn shared_secret(&self) -> Option<Token> {
+        self.token
+            .clone()
+            .or_else(|| crate::identity::default_shared_secret(self.has_per_user_source()))
+    }
+
+    /// What a JWT must satisfy besides its signature.
+    pub fn jwt_rules(&self) -> JwtRules {
+        JwtRules {
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway: self.jwt_leeway,
+        }
     }
 }
 
@@ -400,6 +465,63 @@ pub struct Cli {
     /// How long a silent node keeps its members before the other nodes remove them
     #[arg(long, value_name = "DURATION", env = "WSCHAT_NODE_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub node_timeout: Duration,
+    /// Per-user tokens: a file of NAME:SHA256HEX lines (see `wschat users add`)
+    #[arg(long, value_name = "PATH", env = "WSCHAT_USERS_FILE")]
+    pub users_file: Option<PathBuf>,
+    /// Verify signed tokens (JWT, HS256) with the secret in this file
+    #[arg(long, value_name = "PATH", env = "WSCHAT_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Verify signed tokens (JWT) with this PEM public key: Ed25519, P-256 or RSA
+    #[arg(long, value_name = "PATH", env = "WSCHAT_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Required `iss` of signed tokens [default: not checked]
+    #[arg(long, value_name = "ISSUER", env = "WSCHAT_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of signed tokens [default: not checked]
+    #[arg(long, value_name = "AUDIENCE", env = "WSCHAT_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Clock difference tolerated on a signed token's exp and nbf
+    #[arg(long, value_name = "DURATION", env = "WSCHAT_JWT_LEEWAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+    /// How long before its token expires a connection is told so
+    #[arg(long, value_name = "DURATION", env = "WSCHAT_JWT_REFRESH_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub jwt_refresh_window: Duration,
+    /// Open connections one user (users file or JWT) may have
+    #[arg(
+        long,
+        value_name = "N",
+        env = "WSCHAT_MAX_CONNECTIONS_PER_USER",
+        default_value_t = 16
+    )]
+    pub max_connections_per_user: usize,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `wschat` does besides serving.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Edit a users file (SPEC §10)
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+#[derive(Subcommand)]
+pub enum UsersCommand {
+    /// Add a user with a fresh random token, printed once
+    Add {
+        /// 1-32 characters of A-Z a-z 0-9 _ . - (not starting with guest-)
+        name: String,
+        /// The users file (created if missing)
+        #[arg(long, value_name = "PATH", env = "WSCHAT_USERS_FILE")]
+        file: PathBuf,
+    },
+    /// Remove a user; their open connections are closed at the server's next reload
+    Remove {
+        name: String,
+        #[arg(long, value_name = "PATH", env = "WSCHAT_USERS_FILE")]
+        file: PathBuf,
+    },
 }
 
 impl Cli {
@@ -433,9 +555,15 @@ impl Cli {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let token = match (self.token, self.token_file) {
             (Some(_), Some(_)) => return Err(ConfigError::TwoTokenSources),
-            (Some(token), None) => token,
-            (None, Some(path)) => read_token_file(path)?,
-            (None, None) => DEVELOPMENT_TOKEN.to_owned(),
+            (Some(token), None) => Some(token),
+            (None, Some(path)) => Some(read_token_file(path)?),
+            (None, None) => None,
+        };
+        let jwt_key = match (self.jwt_secret_file, self.jwt_public_key_file) {
+            (Some(_), Some(_)) => return Err(ConfigError::TwoJwtKeys),
+            (Some(secret), None) => Some(JwtKeyFile::Secret(secret)),
+            (None, Some(public)) => Some(JwtKeyFile::PublicKey(public)),
+            (None, None) => None,
         };
         let config = Config {
             listen: if self.listen.is_empty() {
@@ -443,7 +571,7 @@ impl Cli {
             } else {
                 self.listen
             },
-            token: Token::new(token),
+            token: token.map(Token::new),
             allowed_origins: self.allowed_origins,
             max_connections: self.max_connections,
             max_message_bytes: self.max_message_bytes,
@@ -462,6 +590,13 @@ impl Cli {
             redis_url: self.redis_url.map(RedisUrl::new).transpose()?,
             history_ttl: self.history_ttl,
             node_timeout: self.node_timeout,
+            users_file: self.users_file,
+            jwt_key,
+            jwt_issuer: self.jwt_issuer,
+            jwt_audience: self.jwt_audience,
+            jwt_leeway: self.jwt_leeway,
+            jwt_refresh_window: self.jwt_refresh_window,
+            max_connections_per_user: self.max_connections_per_user,
         };
         config.validate()?;
         Ok(config)
@@ -515,7 +650,8 @@ mod tests {
     fn defaults_follow_the_spec() {
         let config = parse(&[]).expect("default config is valid");
         assert_eq!(config.listen, default_listeners());
-        assert!(config.token.is_development_token());
+        assert!(config.token.is_none());
+        assert!(config.shared_secret().unwrap().is_development_token());
         assert_eq!(config.max_message_bytes, 16_384);
         assert_eq!(config.ping_interval, Duration::from_secs(30));
         assert_eq!(config.auth_failure, AuthFailureMode::Http);
@@ -552,7 +688,7 @@ mod tests {
         std::fs::write(&path, "from-file\r\nsecond line\n").unwrap();
         let config = parse(&["--token-file", path.to_str().unwrap()]).unwrap();
         std::fs::remove_file(&path).unwrap();
-        assert!(config.token.matches(b"from-file"));
+        assert!(config.token.unwrap().matches(b"from-file"));
     }
 
     #[test]

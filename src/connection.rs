@@ -32,6 +32,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::hub::{Backlog, Joined, Membership, PendingPost, Posting, SayError};
+use crate::identity::{RefreshError, Refreshed, Session, SessionEvent};
 use crate::log_format::PeerAddr;
 use crate::metrics::Metrics;
 use crate::protocol::{parse_client_frame, ClientFrame, ErrorCode, ServerEvent};
@@ -136,7 +137,7 @@ pub async fn accept_with_welcome(
 
 /// Every reason a connection can end for, as logged and counted: `/metrics` shows each at 0
 /// from the first scrape.
-pub const DISCONNECT_REASONS: [&str; 10] = [
+pub const DISCONNECT_REASONS: [&str; 13] = [
     "client_closed",
     "connection_lost",
     "shutdown",
@@ -147,6 +148,9 @@ pub const DISCONNECT_REASONS: [&str; 10] = [
     "invalid_utf8",
     "protocol_error",
     "rate_limited",
+    "token_expired",
+    "token_revoked",
+    "room_not_allowed",
 ];
 
 /// Why a connection ended; decides the close frame and the log line.
@@ -162,6 +166,9 @@ enum Ending {
     BadUtf8,
     ProtocolError,
     Flooding,
+    TokenExpired,
+    TokenRevoked,
+    RoomNotAllowed,
 }
 
 impl Ending {
@@ -177,6 +184,9 @@ impl Ending {
             Ending::BadUtf8 => Some((CloseCode::Invalid, "invalid UTF-8")),
             Ending::ProtocolError => Some((CloseCode::Protocol, "protocol error")),
             Ending::Flooding => Some((CloseCode::Policy, "rate limit exceeded")),
+            Ending::TokenExpired => Some((CloseCode::Policy, "token expired")),
+            Ending::TokenRevoked => Some((CloseCode::Policy, "token revoked")),
+            Ending::RoomNotAllowed => Some((CloseCode::Policy, "room not allowed")),
         }
     }
 
@@ -199,6 +209,9 @@ impl Ending {
             Ending::BadUtf8 => "invalid_utf8",
             Ending::ProtocolError => "protocol_error",
             Ending::Flooding => "rate_limited",
+            Ending::TokenExpired => "token_expired",
+            Ending::TokenRevoked => "token_revoked",
+            Ending::RoomNotAllowed => "room_not_allowed",
         }
     }
 }
@@ -321,6 +334,13 @@ impl RateLimiter {
     }
 }
 
+/// What an admitted connection holds for as long as it is open: its place under
+/// `--max-connections`, and for a per-user identity its session (SPEC §10).
+pub struct Seat {
+    pub permit: OwnedSemaphorePermit,
+    pub session: Option<Session>,
+}
+
 /// One accepted chat connection, from its `welcome` to its close frame.
 pub struct Connection {
     socket: Socket,
@@ -329,6 +349,9 @@ pub struct Connection {
     _capacity_permit: OwnedSemaphorePermit,
     membership: Membership,
     events: EventQueue,
+    /// A per-user identity's expiry or revocation watch (SPEC §10); boxed, and absent for
+    /// guests, so an idle guest connection pays one pointer for it.
+    session: Option<Box<Session>>,
     posts_in_flight: PostsInFlight,
     keepalive: Keepalive,
     limits: ConnectionLimits,
@@ -341,7 +364,7 @@ impl Connection {
     pub fn new(
         socket: Socket,
         joined: Joined,
-        permit: OwnedSemaphorePermit,
+        seat: Seat,
         limits: ConnectionLimits,
         shutdown: CancellationToken,
         metrics: Metrics,
@@ -349,9 +372,10 @@ impl Connection {
     ) -> Self {
         Self {
             socket,
-            _capacity_permit: permit,
+            _capacity_permit: seat.permit,
             membership: joined.membership,
             events: joined.events,
+            session: seat.session.map(Box::new),
             posts_in_flight: None,
             keepalive: Keepalive::new(limits.ping_interval, limits.idle_timeout),
             limits,
@@ -427,6 +451,16 @@ impl Connection {
                     },
                     Due::Nothing => {}
                 },
+                event = next_session_event(&mut self.session) => match event {
+                    SessionEvent::Expiring { expires_at_ms } => {
+                        let expiring = ServerEvent::Expiring { exp: expires_at_ms };
+                        if let Err(ending) = self.write(Some(Message::Text(expiring.to_json().into()))).await {
+                            return ending;
+                        }
+                    }
+                    SessionEvent::Expired => return Ending::TokenExpired,
+                    SessionEvent::Revoked => return Ending::TokenRevoked,
+                },
                 next = self.events.next_batch() => match next {
                     Next::Events => if let Err(ending) = self.write(None).await {
                         return ending;
@@ -466,7 +500,16 @@ impl Connection {
                         continue;
                     }
                     refused_in_a_row = 0;
-                    match self.handle_text(text.as_str()) {
+                    let frame = match parse_client_frame(text.as_str()) {
+                        ClientFrame::Refresh(token) => {
+                            if let Err(ending) = self.refresh(&token).await {
+                                return ending;
+                            }
+                            continue;
+                        }
+                        frame => frame,
+                    };
+                    match self.handle_frame(frame) {
                         // Frames already buffered would otherwise be read and posted without a
                         // pause. Once some member's queue is half full, yielding lets the
                         // members catch up first, so a client pipelining thousands of frames
@@ -515,9 +558,9 @@ impl Connection {
         }
     }
 
-    /// Acts on one text frame.
-    fn handle_text(&self, text: &str) -> Result<Reply, SayError> {
-        Ok(match parse_client_frame(text) {
+    /// Acts on one client frame other than `refresh`.
+    fn handle_frame(&self, frame: ClientFrame) -> Result<Reply, SayError> {
+        Ok(match frame {
             ClientFrame::Say(text) if text.trim().is_empty() => {
                 Reply::Error(error_event(ErrorCode::EmptyMessage, "message is empty"))
             }
@@ -528,7 +571,36 @@ impl Connection {
             ClientFrame::BadRequest(reason) => {
                 Reply::Error(error_event(ErrorCode::BadRequest, &reason))
             }
+            // Handled by `refresh` before this is called.
+            ClientFrame::Refresh(_) => Reply::Error(error_event(
+                ErrorCode::BadRequest,
+                "this connection's token does not expire",
+            )),
         })
+    }
+
+    /// Answers a `refresh` command (SPEC §10): `refreshed`, or an error that changes nothing,
+    /// or the end of the connection when the new token no longer allows its room.
+    async fn refresh(&mut self, token: &str) -> Result<(), Ending> {
+        let room = self.membership.room();
+        let outcome = match self.session.as_deref_mut() {
+            Some(session) => session.refresh(token, room),
+            None => Err(RefreshError::NotRefreshable),
+        };
+        let reply = match outcome {
+            Ok(Refreshed::Until { expires_at_ms }) => Message::Text(
+                ServerEvent::Refreshed { exp: expires_at_ms }
+                    .to_json()
+                    .into(),
+            ),
+            Ok(Refreshed::RoomNotAllowed) => return Err(Ending::RoomNotAllowed),
+            Err(RefreshError::NotRefreshable) => error_event(
+                ErrorCode::BadRequest,
+                "this connection's token does not expire",
+            ),
+            Err(RefreshError::Invalid(why)) => error_event(ErrorCode::InvalidToken, why),
+        };
+        self.write(Some(reply)).await
     }
 
     /// Sends `reply` (a frame for this client alone), or with `None` the batch of room
@@ -640,6 +712,14 @@ async fn linger(mut socket: Socket) {
     let _ = timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
 }
 
+/// The next thing a per-user session asks for; never, for a guest.
+async fn next_session_event(session: &mut Option<Box<Session>>) -> SessionEvent {
+    match session {
+        Some(session) => session.next_event().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn ending_for(error: WsError) -> Ending {
     match error {
         WsError::Capacity(_) => Ending::TooBig,
@@ -694,6 +774,9 @@ mod tests {
             Ending::BadUtf8,
             Ending::ProtocolError,
             Ending::Flooding,
+            Ending::TokenExpired,
+            Ending::TokenRevoked,
+            Ending::RoomNotAllowed,
         ];
         // Exhaustive on purpose: a new variant stops this compiling until it is listed above.
         for ending in &every {
@@ -707,7 +790,10 @@ mod tests {
                 | Ending::Binary
                 | Ending::BadUtf8
                 | Ending::ProtocolError
-                | Ending::Flooding => {}
+                | Ending::Flooding
+                | Ending::TokenExpired
+                | Ending::TokenRevoked
+                | Ending::RoomNotAllowed => {}
             }
         }
         let labels: Vec<&str> = every.iter().map(Ending::label).collect();

@@ -5,13 +5,16 @@
 //! server full) come after this function, in `http.rs`, in the order the spec gives.
 
 use std::fmt;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::config::{AuthFailureMode, Token};
+use crate::config::AuthFailureMode;
+use crate::hub::Claimant;
+use crate::identity::{AuthError, Authenticator, Identity, GUEST_PREFIX};
 
 /// The room a connection joins when it names none.
 pub const DEFAULT_ROOM: &str = "lobby";
@@ -23,10 +26,18 @@ pub const MAX_NAME_LEN: usize = 32;
 /// The only WebSocket version there is (RFC 6455 §4.1).
 pub const WEBSOCKET_VERSION: &str = "13";
 
+/// The subprotocol a browser offers beside its `bearer.<token>` entry, and the one the server
+/// answers with: a browser fails a handshake whose answer names none of the offered ones, and
+/// the token must never be echoed (SPEC §10).
+pub const SUBPROTOCOL: &str = "wschat";
+
+/// The prefix of the `Sec-WebSocket-Protocol` entry that carries a token.
+pub const BEARER_SUBPROTOCOL_PREFIX: &str = "bearer.";
+
 /// What the handshake policy needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    pub token: Token,
+    pub auth: Arc<Authenticator>,
     pub allowed_origins: Vec<String>,
     pub auth_failure: AuthFailureMode,
 }
@@ -37,8 +48,22 @@ pub struct Admission {
     /// The `Sec-WebSocket-Accept` value derived from the client's key.
     pub accept_key: HeaderValue,
     pub room: String,
-    /// `None` when the client named nobody; the hub assigns `guest-<n>`.
+    /// `None` when a guest named nobody; the hub assigns `guest-<n>`. A user's own name.
     pub name: Option<String>,
+    /// Who the token says the client is.
+    pub identity: Identity,
+    /// Whether to answer `Sec-WebSocket-Protocol: wschat`.
+    pub subprotocol: bool,
+}
+
+impl Admission {
+    /// The place the hub is asked for.
+    pub fn claimant(&self) -> Claimant {
+        match (&self.identity, &self.name) {
+            (Identity::User(_), Some(name)) => Claimant::User(name.clone()),
+            (_, name) => Claimant::Guest(name.clone()),
+        }
+    }
 }
 
 /// The outcome of [`decide`].
@@ -67,12 +92,22 @@ pub enum Rejection {
     MissingToken,
     #[error("invalid token")]
     InvalidToken,
+    /// A per-user token whose only fault is its `exp` (SPEC §10).
+    #[error("token expired")]
+    ExpiredToken,
+    /// A per-user name in the guests' namespace (SPEC §10).
+    #[error("user names starting with guest- are reserved for guests")]
+    ReservedName,
+    #[error("room not allowed")]
+    RoomNotAllowed,
     #[error("invalid room: must be 1-32 characters of A-Z a-z 0-9 _ . -")]
     InvalidRoom,
     #[error("invalid name: must be 1-32 characters of A-Z a-z 0-9 _ . -")]
     InvalidName,
     #[error("name already taken in this room")]
     NameTaken,
+    #[error("too many connections for this user")]
+    TooManyUserConnections,
     #[error("too many rooms")]
     TooManyRooms,
     #[error("server at capacity")]
@@ -95,9 +130,14 @@ impl Rejection {
                 StatusCode::BAD_REQUEST
             }
             Rejection::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
-            Rejection::OriginNotAllowed => StatusCode::FORBIDDEN,
-            Rejection::MissingToken | Rejection::InvalidToken => StatusCode::UNAUTHORIZED,
+            Rejection::OriginNotAllowed | Rejection::ReservedName | Rejection::RoomNotAllowed => {
+                StatusCode::FORBIDDEN
+            }
+            Rejection::MissingToken | Rejection::InvalidToken | Rejection::ExpiredToken => {
+                StatusCode::UNAUTHORIZED
+            }
             Rejection::NameTaken => StatusCode::CONFLICT,
+            Rejection::TooManyUserConnections => StatusCode::TOO_MANY_REQUESTS,
             Rejection::TooManyRooms | Rejection::AtCapacity | Rejection::Unavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -127,6 +167,14 @@ impl Rejection {
                     HeaderValue::from_static(r#"Bearer realm="wschat", error="invalid_token""#),
                 );
             }
+            Rejection::ExpiredToken => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        r#"Bearer realm="wschat", error="invalid_token", error_description="token expired""#,
+                    ),
+                );
+            }
             Rejection::TooManyRooms | Rejection::AtCapacity | Rejection::Unavailable => {
                 headers.insert(
                     header::RETRY_AFTER,
@@ -146,17 +194,43 @@ impl Rejection {
         self.to_string()
     }
 
+    /// Whether this is a refusal of the token (SPEC §4 step 3), answered by a close frame in
+    /// auth-failure mode `close`, and counted against the client's address by the throttle.
+    pub fn is_token_refusal(self) -> bool {
+        matches!(
+            self,
+            Rejection::MissingToken
+                | Rejection::InvalidToken
+                | Rejection::ExpiredToken
+                | Rejection::ReservedName
+        )
+    }
+
+    /// The close reason of a token refusal in auth-failure mode `close`.
+    pub fn close_reason(self) -> &'static str {
+        match self {
+            Rejection::MissingToken => "missing token",
+            Rejection::ExpiredToken => "token expired",
+            Rejection::ReservedName => "name reserved for guests",
+            _ => "invalid token",
+        }
+    }
+
     /// Every value [`Rejection::label`] can return, so `/metrics` can show each at 0 from the
     /// first scrape.
-    pub const LABELS: [&'static str; 12] = [
+    pub const LABELS: [&'static str; 16] = [
         "bad_request",
         "unsupported_version",
         "origin",
         "missing_token",
         "invalid_token",
+        "expired_token",
+        "reserved_name",
         "invalid_room",
+        "room_not_allowed",
         "invalid_name",
         "name_taken",
+        "user_connections",
         "too_many_rooms",
         "capacity",
         "unavailable",
@@ -171,9 +245,13 @@ impl Rejection {
             Rejection::OriginNotAllowed => "origin",
             Rejection::MissingToken => "missing_token",
             Rejection::InvalidToken => "invalid_token",
+            Rejection::ExpiredToken => "expired_token",
+            Rejection::ReservedName => "reserved_name",
             Rejection::InvalidRoom => "invalid_room",
+            Rejection::RoomNotAllowed => "room_not_allowed",
             Rejection::InvalidName => "invalid_name",
             Rejection::NameTaken => "name_taken",
+            Rejection::TooManyUserConnections => "user_connections",
             Rejection::TooManyRooms => "too_many_rooms",
             Rejection::AtCapacity => "capacity",
             Rejection::Unavailable => "unavailable",
@@ -194,7 +272,13 @@ pub fn wants_upgrade<B>(request: &Request<B>) -> bool {
 /// Runs checks 1 to 4 of SPEC §4, in order; the first that fails decides. `throttled` is how
 /// long the client's address must still wait after too many failed attempts; it is checked
 /// between the origin and the token, so a throttled address learns nothing about any token.
-pub fn decide<B>(request: &Request<B>, policy: &Policy, throttled: Option<Duration>) -> Decision {
+/// `now` is the clock signed tokens are checked against.
+pub fn decide<B>(
+    request: &Request<B>,
+    policy: &Policy,
+    throttled: Option<Duration>,
+    now: SystemTime,
+) -> Decision {
     let client_key = match check_upgrade(request) {
         Ok(key) => key,
         Err(rejection) => return Decision::Reject(rejection),
@@ -208,30 +292,97 @@ pub fn decide<B>(request: &Request<B>, policy: &Policy, throttled: Option<Durati
         return Decision::Reject(Rejection::Throttled { retry_after_secs });
     }
     let query = HandshakeQuery::parse(request.uri().query().unwrap_or_default());
-    if let Err(rejection) = check_token(request.headers(), query.token.as_deref(), &policy.token) {
-        return match policy.auth_failure {
-            AuthFailureMode::Http => Decision::Reject(rejection),
-            AuthFailureMode::Close => Decision::UpgradeThenClose {
-                accept_key: accept_key(client_key),
-                rejection,
-            },
-        };
-    }
+    let offered = OfferedSubprotocols::parse(request.headers());
+    let token = bearer_token(request.headers())
+        .or(offered.token)
+        .or(query.token.as_deref());
+    let identity = match authenticate(token, &policy.auth, now) {
+        Ok(identity) => identity,
+        Err(rejection) => {
+            return match policy.auth_failure {
+                AuthFailureMode::Http => Decision::Reject(rejection),
+                AuthFailureMode::Close => Decision::UpgradeThenClose {
+                    accept_key: accept_key(client_key),
+                    rejection,
+                },
+            }
+        }
+    };
     let room = match query.room {
         None => DEFAULT_ROOM.to_owned(),
         Some(room) if is_valid_name(&room) => room,
         Some(_) => return Decision::Reject(Rejection::InvalidRoom),
     };
-    let name = match query.name {
-        None => None,
-        Some(name) if is_valid_name(&name) => Some(name),
-        Some(_) => return Decision::Reject(Rejection::InvalidName),
+    let name = match &identity {
+        Identity::User(credential) => {
+            if !credential.allows_room(&room) {
+                return Decision::Reject(Rejection::RoomNotAllowed);
+            }
+            // A user's name is the credential's; a `name` parameter is ignored (SPEC §10).
+            Some(credential.name.clone())
+        }
+        Identity::Guest => match query.name {
+            None => None,
+            Some(name) if !is_valid_name(&name) => return Decision::Reject(Rejection::InvalidName),
+            // Beside real users, a guest speaks as `guest-<name>`, so nobody can take a
+            // user's name with the shared secret.
+            Some(name) if policy.auth.has_per_user_source() => {
+                Some(format!("{GUEST_PREFIX}{name}"))
+            }
+            Some(name) => Some(name),
+        },
     };
     Decision::Accept(Admission {
         accept_key: accept_key(client_key),
         room,
         name,
+        identity,
+        subprotocol: offered.wschat,
     })
+}
+
+/// What the presented token (if any) proves, or the refusal to answer with.
+fn authenticate(
+    token: Option<&str>,
+    auth: &Authenticator,
+    now: SystemTime,
+) -> Result<Identity, Rejection> {
+    let token = token.ok_or(Rejection::MissingToken)?;
+    auth.authenticate(token, now).map_err(|error| match error {
+        AuthError::Invalid => Rejection::InvalidToken,
+        AuthError::Expired => Rejection::ExpiredToken,
+        AuthError::ReservedName => Rejection::ReservedName,
+    })
+}
+
+/// The `Sec-WebSocket-Protocol` entries that matter here (RFC 6455 §4.2.1 item 8): whether
+/// the client speaks `wschat`, and the token of a `bearer.<token>` entry (the first wins).
+#[derive(Default)]
+struct OfferedSubprotocols<'a> {
+    wschat: bool,
+    token: Option<&'a str>,
+}
+
+impl<'a> OfferedSubprotocols<'a> {
+    fn parse(headers: &'a HeaderMap) -> Self {
+        let mut offered = Self::default();
+        let entries = headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim);
+        for entry in entries {
+            if entry == SUBPROTOCOL {
+                offered.wschat = true;
+            } else if let Some(token) = entry.strip_prefix(BEARER_SUBPROTOCOL_PREFIX) {
+                if offered.token.is_none() && !token.is_empty() {
+                    offered.token = Some(token);
+                }
+            }
+        }
+        offered
+    }
 }
 
 /// `Sec-WebSocket-Accept` for a client key (RFC 6455 §4.2.2). Derived only for requests that
@@ -312,19 +463,6 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     allowed
         .iter()
         .any(|candidate| candidate.trim_end_matches('/').eq_ignore_ascii_case(origin))
-}
-
-/// The token presented by the client: `Authorization: Bearer` wins over the query.
-fn check_token(
-    headers: &HeaderMap,
-    query_token: Option<&str>,
-    token: &Token,
-) -> Result<(), Rejection> {
-    match bearer_token(headers).or(query_token).map(str::as_bytes) {
-        None => Err(Rejection::MissingToken),
-        Some(candidate) if token.matches(candidate) => Ok(()),
-        Some(_) => Err(Rejection::InvalidToken),
-    }
 }
 
 /// The credentials of an `Authorization: Bearer <token>` header (RFC 6750 §2.1), if any.
@@ -432,6 +570,7 @@ impl fmt::Display for RedactedTarget<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Token;
 
     const SECRET: &str = "s3cret";
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -444,9 +583,13 @@ mod tests {
             Rejection::OriginNotAllowed,
             Rejection::MissingToken,
             Rejection::InvalidToken,
+            Rejection::ExpiredToken,
+            Rejection::ReservedName,
             Rejection::InvalidRoom,
+            Rejection::RoomNotAllowed,
             Rejection::InvalidName,
             Rejection::NameTaken,
+            Rejection::TooManyUserConnections,
             Rejection::TooManyRooms,
             Rejection::AtCapacity,
             Rejection::Unavailable,
@@ -462,9 +605,13 @@ mod tests {
                 | Rejection::OriginNotAllowed
                 | Rejection::MissingToken
                 | Rejection::InvalidToken
+                | Rejection::ExpiredToken
+                | Rejection::ReservedName
                 | Rejection::InvalidRoom
+                | Rejection::RoomNotAllowed
                 | Rejection::InvalidName
                 | Rejection::NameTaken
+                | Rejection::TooManyUserConnections
                 | Rejection::TooManyRooms
                 | Rejection::AtCapacity
                 | Rejection::Unavailable
@@ -477,7 +624,7 @@ mod tests {
 
     fn policy(mode: AuthFailureMode) -> Policy {
         Policy {
-            token: Token::new(SECRET),
+            auth: Arc::new(Authenticator::shared_secret_only(Token::new(SECRET))),
             allowed_origins: vec![],
             auth_failure: mode,
         }
@@ -493,7 +640,12 @@ mod tests {
     }
 
     fn decide_http(request: Request<()>) -> Decision {
-        decide(&request, &policy(AuthFailureMode::Http), None)
+        decide(
+            &request,
+            &policy(AuthFailureMode::Http),
+            None,
+            SystemTime::now(),
+        )
     }
 
     #[test]
@@ -574,17 +726,20 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(
-            decide(&foreign, &policy, None),
+            decide(&foreign, &policy, None, SystemTime::now()),
             Decision::Reject(Rejection::OriginNotAllowed)
         );
         let own = upgrade("/?token=s3cret")
             .header(header::ORIGIN, "https://CHAT.example")
             .body(())
             .unwrap();
-        assert!(matches!(decide(&own, &policy, None), Decision::Accept(_)));
+        assert!(matches!(
+            decide(&own, &policy, None, SystemTime::now()),
+            Decision::Accept(_)
+        ));
         let no_origin = upgrade("/?token=s3cret").body(()).unwrap();
         assert!(matches!(
-            decide(&no_origin, &policy, None),
+            decide(&no_origin, &policy, None, SystemTime::now()),
             Decision::Accept(_)
         ));
     }
@@ -594,7 +749,7 @@ mod tests {
         let close = policy(AuthFailureMode::Close);
         let wrong = upgrade("/?token=nope").body(()).unwrap();
         assert!(matches!(
-            decide(&wrong, &close, None),
+            decide(&wrong, &close, None, SystemTime::now()),
             Decision::UpgradeThenClose {
                 rejection: Rejection::InvalidToken,
                 ..
@@ -602,7 +757,7 @@ mod tests {
         ));
         let bad_room = upgrade("/?token=s3cret&room=a%20b").body(()).unwrap();
         assert_eq!(
-            decide(&bad_room, &close, None),
+            decide(&bad_room, &close, None, SystemTime::now()),
             Decision::Reject(Rejection::InvalidRoom)
         );
     }
@@ -625,12 +780,50 @@ mod tests {
     }
 
     #[test]
+    fn a_subprotocol_token_comes_after_the_header_and_before_the_query() {
+        let offered = |protocols: &str, query: &str| {
+            upgrade(&format!("/{query}"))
+                .header(header::SEC_WEBSOCKET_PROTOCOL, protocols)
+                .body(())
+                .unwrap()
+        };
+        let Decision::Accept(admission) =
+            decide_http(offered("wschat, bearer.s3cret", "?token=no"))
+        else {
+            panic!("the bearer. entry wins over the query");
+        };
+        assert!(admission.subprotocol, "wschat is answered");
+        let Decision::Accept(admission) = decide_http(offered("bearer.s3cret", "")) else {
+            panic!("a bearer. entry alone is a token");
+        };
+        assert!(
+            !admission.subprotocol,
+            "nothing offered that can be answered"
+        );
+        assert_eq!(
+            decide_http(offered("wschat, bearer.wrong", "?token=s3cret")),
+            Decision::Reject(Rejection::InvalidToken)
+        );
+        let header_wins = upgrade("/")
+            .header(header::AUTHORIZATION, "Bearer s3cret")
+            .header(header::SEC_WEBSOCKET_PROTOCOL, "wschat, bearer.wrong")
+            .body(())
+            .unwrap();
+        assert!(matches!(decide_http(header_wins), Decision::Accept(_)));
+        assert_eq!(
+            decide_http(offered("wschat, bearer.", "")),
+            Decision::Reject(Rejection::MissingToken)
+        );
+    }
+
+    #[test]
     fn a_throttled_address_gets_429_before_the_token_is_looked_at() {
         let request = upgrade("/?token=s3cret").body(()).unwrap();
         let decision = decide(
             &request,
             &policy(AuthFailureMode::Close),
             Some(Duration::from_millis(1500)),
+            SystemTime::now(),
         );
         assert_eq!(
             decision,

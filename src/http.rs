@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connection::ConnectionLimits;
 use crate::handshake::{self, Decision, Policy, Rejection};
 use crate::hub::{Hub, Reservation};
+use crate::identity::{Identity, Session};
 use crate::log_format::PeerAddr;
 use crate::metrics::{self, Metrics};
 use crate::stream::HoldSwitch;
@@ -79,6 +81,8 @@ pub enum PendingUpgrade {
         upgrade: OnUpgrade,
         reservation: Reservation,
         permit: OwnedSemaphorePermit,
+        /// What a per-user connection watches (expiry, revocation); `None` for guests.
+        session: Option<Session>,
     },
     /// Auth-failure mode `close`: the socket only gets close 1008 with this reason.
     Refuse {
@@ -169,12 +173,16 @@ async fn upgrade(
         rejection_response(rejection)
     };
     let throttled = state.throttle.blocked_for(peer.ip());
-    let decision = handshake::decide(&request, &state.policy, throttled);
-    if let Decision::Reject(Rejection::MissingToken | Rejection::InvalidToken)
-    | Decision::UpgradeThenClose { .. } = decision
-    {
+    let decision = handshake::decide(&request, &state.policy, throttled, SystemTime::now());
+    let token_refused = match &decision {
+        Decision::Reject(rejection) => rejection.is_token_refusal(),
+        Decision::UpgradeThenClose { .. } => true,
+        Decision::Accept(_) => false,
+    };
+    if token_refused {
         state.throttle.record_failure(peer.ip());
     }
+    let mut subprotocol = false;
     let (accept_key, pending) = match decision {
         Decision::Reject(rejection) => return reject(rejection),
         Decision::UpgradeThenClose {
@@ -183,29 +191,40 @@ async fn upgrade(
         } => {
             // The client sees 101 and then close 1008; the log and metric record the refusal.
             record(rejection);
-            let reason = match rejection {
-                Rejection::MissingToken => "missing token",
-                _ => "invalid token",
-            };
+            let reason = rejection.close_reason();
             let upgrade = hyper::upgrade::on(&mut request);
             (accept_key, PendingUpgrade::Refuse { upgrade, reason })
         }
         Decision::Accept(admission) => {
+            // The user's own limit first: it is about this client, whatever the server's load.
+            let slot = match &admission.identity {
+                Identity::Guest => None,
+                Identity::User(credential) => match state.policy.auth.open_slot(&credential.name) {
+                    Some(slot) => Some((credential, slot)),
+                    None => return reject(Rejection::TooManyUserConnections),
+                },
+            };
             // Capacity is checked last (SPEC §4), but a full server must not create a room
             // (and evict an idle one) for a request it is about to refuse: without a permit,
             // the room and name are only checked.
             let Ok(permit) = Arc::clone(&state.capacity).try_acquire_owned() else {
-                let name = admission.name.as_deref();
-                let rejection = match state.hub.check(&admission.room, name) {
+                let rejection = match state.hub.check(&admission.room, &admission.claimant()) {
                     Ok(()) => Rejection::AtCapacity,
                     Err(rejection) => rejection,
                 };
                 return reject(rejection);
             };
-            let reservation = match state.hub.reserve(&admission.room, admission.name).await {
+            let reservation = match state
+                .hub
+                .reserve(&admission.room, admission.claimant())
+                .await
+            {
                 Ok(reservation) => reservation,
                 Err(rejection) => return reject(rejection),
             };
+            let session =
+                slot.map(|(credential, slot)| state.policy.auth.session(credential, slot));
+            subprotocol = admission.subprotocol;
             let upgrade = hyper::upgrade::on(&mut request);
             (
                 admission.accept_key,
@@ -213,6 +232,7 @@ async fn upgrade(
                     upgrade,
                     reservation,
                     permit,
+                    session,
                 },
             )
         }
@@ -224,6 +244,12 @@ async fn upgrade(
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key);
+    if subprotocol {
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(handshake::SUBPROTOCOL),
+        );
+    }
     response
 }
 

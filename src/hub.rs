@@ -15,7 +15,7 @@
 //! Each event is serialized once; the resulting `Utf8Bytes` is reference-counted, so every
 //! recipient shares the same allocation.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +77,9 @@ struct RoomState {
     members: Vec<Member>,
     /// Names promised to handshakes that have not finished upgrading yet.
     reserved: HashMap<String, Reserved>,
+    /// Handshakes of users (who may hold several connections under one name) on their way
+    /// in; in memory only, where a user's name is never exclusive.
+    users_joining: usize,
     /// Handshakes waiting for Redis to confirm a name: the room must not be evicted meanwhile.
     claiming: usize,
     /// In a cluster: whether this room is subscribed and up to date, so the driver delivers
@@ -131,18 +134,38 @@ impl Hub {
         }
     }
 
-    /// Holds `name` (or a fresh `guest-<n>`) in `room` for a handshake about to be upgraded.
-    /// Nobody sees the reservation; `Reservation::join` makes it a member. In a cluster the
-    /// name is claimed in Redis, so it is unique across every node.
-    pub async fn reserve(
-        &self,
-        room: &str,
-        name: Option<String>,
-    ) -> Result<Reservation, Rejection> {
-        match &self.inner.backend {
-            Backend::Memory => self.reserve_here(room, name),
-            Backend::Redis(cluster) => self.reserve_in_cluster(cluster, room, name).await,
+    /// Holds the claimant's name in `room` for a handshake about to be upgraded. Nobody sees
+    /// the reservation; `Reservation::join` makes it a member. A guest's name (or a fresh
+    /// `guest-<n>`) is exclusive; a user's is shared by all of that user's connections. In a
+    /// cluster the name is claimed in Redis, so it is unique across every node; there, a
+    /// user's name is claimed like a guest's (one connection per room).
+    pub async fn reserve(&self, room: &str, claimant: Claimant) -> Result<Reservation, Rejection> {
+        match (&self.inner.backend, claimant) {
+            (Backend::Memory, Claimant::Guest(name)) => self.reserve_here(room, name),
+            (Backend::Memory, Claimant::User(name)) => self.reserve_user_here(room, name),
+            (Backend::Redis(cluster), Claimant::Guest(name)) => {
+                self.reserve_in_cluster(cluster, room, name).await
+            }
+            (Backend::Redis(cluster), Claimant::User(name)) => {
+                self.reserve_in_cluster(cluster, room, Some(name)).await
+            }
         }
+    }
+
+    fn reserve_user_here(&self, room: &str, name: String) -> Result<Reservation, Rejection> {
+        let mut registry = lock(&self.inner.registry);
+        let room = match registry.rooms.get(room) {
+            Some(existing) => Arc::clone(existing),
+            None => self.create_room(&mut registry, room)?,
+        };
+        lock(&room.state).users_joining += 1;
+        Ok(Reservation {
+            hub: self.clone(),
+            room,
+            name: Some(name),
+            connection: self.next_connection_id(),
+            shared: true,
+        })
     }
 
     async fn reserve_in_cluster(
@@ -216,6 +239,7 @@ impl Hub {
                     room: Arc::clone(&room),
                     name: Some(claimed),
                     connection,
+                    shared: false,
                 })
             }
             Err(rejection) => {
@@ -272,14 +296,20 @@ impl Hub {
             room,
             name: Some(name),
             connection,
+            shared: false,
         })
     }
 
     /// Whether `reserve` would succeed, without reserving or creating anything.
-    pub fn check(&self, room: &str, name: Option<&str>) -> Result<(), Rejection> {
+    pub fn check(&self, room: &str, claimant: &Claimant) -> Result<(), Rejection> {
         let registry = lock(&self.inner.registry);
+        let exclusive = match (&self.inner.backend, claimant) {
+            (Backend::Memory, Claimant::User(_)) => None,
+            (_, Claimant::Guest(name)) => name.as_deref(),
+            (_, Claimant::User(name)) => Some(name.as_str()),
+        };
         match registry.rooms.get(room) {
-            Some(existing) => match name {
+            Some(existing) => match exclusive {
                 Some(name) if lock(&existing.state).is_taken(name) => Err(Rejection::NameTaken),
                 _ => Ok(()),
             },
@@ -309,6 +339,7 @@ impl Hub {
             state: Mutex::new(RoomState {
                 members: Vec::new(),
                 reserved: HashMap::new(),
+                users_joining: 0,
                 claiming: 0,
                 synced: false,
                 generation: self.next_connection_id(),
@@ -370,14 +401,27 @@ impl RoomState {
     }
 
     fn is_idle(&self) -> bool {
-        self.members.is_empty() && self.reserved.is_empty() && self.claiming == 0
+        self.members.is_empty()
+            && self.reserved.is_empty()
+            && self.users_joining == 0
+            && self.claiming == 0
     }
 
+    /// Each member's name once, in join order: a user with several connections is one member
+    /// (SPEC §10).
     fn member_names(&self) -> Vec<&str> {
+        let mut seen = HashSet::with_capacity(self.members.len());
         self.members
             .iter()
             .map(|member| member.name.as_str())
+            .filter(|name| seen.insert(*name))
             .collect()
+    }
+
+    /// Whether some member is called `name`: a user's next connection joins, and its last
+    /// leaves, silently.
+    fn has_member_named(&self, name: &str) -> bool {
+        self.members.iter().any(|member| member.name == name)
     }
 
     /// Queues `event` for every member but `except`; returns how many got it. Members whose
@@ -428,6 +472,10 @@ impl RoomState {
             };
             let member = self.members.swap_remove(index);
             member.events.kick(Kick::SlowConsumer);
+            if self.has_member_named(&member.name) {
+                // Another connection of the same user stays in the room.
+                continue;
+            }
             if let Backend::Redis(cluster) = backend {
                 cluster.release(room, member.name, member.connection, true);
                 if self.is_idle() {
@@ -473,6 +521,17 @@ pub struct Reservation {
     name: Option<String>,
     /// The id the connection will have; in a cluster, part of the name's holder in Redis.
     connection: u64,
+    /// A user's name, which other connections of the same user may share.
+    shared: bool,
+}
+
+/// Who asks for a place in a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimant {
+    /// A shared-secret client: the name it asked for, or `None` for a fresh `guest-<n>`.
+    Guest(Option<String>),
+    /// A per-user identity (SPEC §10), which may be in a room several times.
+    User(String),
 }
 
 /// A name being claimed in Redis for a handshake. If the handshake is dropped while it waits
@@ -550,8 +609,13 @@ impl Reservation {
         let room_name = Arc::clone(&self.room.name);
 
         let mut state = lock(&self.room.state);
-        state.remove_reservation(&name, connection);
-        if cluster_members.is_none() && !state.members.is_empty() {
+        if self.shared {
+            state.users_joining -= 1;
+        } else {
+            state.remove_reservation(&name, connection);
+        }
+        if cluster_members.is_none() && !state.has_member_named(&name) && !state.members.is_empty()
+        {
             let join = encode(&ServerEvent::Join {
                 room: room_name.to_string(),
                 user: name.clone(),
@@ -589,6 +653,10 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(name) = self.name.take() {
             let mut state = lock(&self.room.state);
+            if self.shared {
+                state.users_joining -= 1;
+                return;
+            }
             state.remove_reservation(&name, self.connection);
             if let Backend::Redis(cluster) = &self.hub.inner.backend {
                 cluster.release(&self.room.name, name, self.connection, false);
@@ -736,7 +804,7 @@ impl Drop for Membership {
             }
             return;
         }
-        if state.members.is_empty() {
+        if state.members.is_empty() || state.has_member_named(&self.name) {
             return;
         }
         let leave = encode(&ServerEvent::Leave {
@@ -964,7 +1032,10 @@ mod tests {
     }
 
     async fn join(hub: &Hub, name: &str) -> Joined {
-        let reservation = hub.reserve("r", Some(name.into())).await.unwrap();
+        let reservation = hub
+            .reserve("r", Claimant::Guest(Some(name.into())))
+            .await
+            .unwrap();
         reservation.join().await.unwrap()
     }
 

@@ -10,7 +10,7 @@
 //! # async fn demo() -> Result<(), wschat::StartError> {
 //! let config = wschat::Config {
 //!     listen: vec!["127.0.0.1:0".parse().unwrap()],
-//!     token: wschat::Token::new("s3cret"),
+//!     token: Some(wschat::Token::new("s3cret")),
 //!     ..wschat::Config::default()
 //! };
 //! let server = wschat::Server::bind(config).await?;
@@ -25,6 +25,7 @@ pub mod connection;
 pub mod handshake;
 pub mod http;
 pub mod hub;
+pub mod identity;
 pub mod log_format;
 pub mod logs;
 pub mod metrics;

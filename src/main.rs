@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use wschat::config::default_listeners;
+use wschat::config::{Command, UsersCommand};
+use wschat::identity::users;
 use wschat::log_format::TextFormat;
-use wschat::{logs, Cli, Config, LogFormat, Server};
+use wschat::{logs, Cli, Config, LogFormat, Server, StartError};
 
 /// Exit code for configuration the server refuses (SPEC §2).
 const EXIT_BAD_CONFIG: u8 = 2;
@@ -32,6 +34,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    if let Some(Command::Users(command)) = cli.command {
+        return edit_users_file(command);
+    }
     let log_format = cli.log_format;
     let config = match cli.into_config() {
         Ok(config) => config,
@@ -59,6 +64,11 @@ fn main() -> ExitCode {
     logs::flush();
     match served {
         Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(error)) if matches!(error.downcast_ref(), Some(StartError::Config(_))) => {
+            // A users file or JWT key that does not load is bad configuration too.
+            eprintln!("wschat: {error}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
         Ok(Err(error)) => {
             eprintln!("wschat: {error}");
             ExitCode::from(EXIT_FAILURE)
@@ -70,8 +80,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// `wschat users add|remove`: edits the users file and exits. The new token is printed once,
+/// on stdout, and nowhere else.
+fn edit_users_file(command: UsersCommand) -> ExitCode {
+    let edited = match &command {
+        UsersCommand::Add { name, file } => users::add_user(file, name).map(|token| {
+            println!("{token}");
+            eprintln!(
+                "wschat: added {name} to {}; the token above is shown only now",
+                file.display()
+            );
+        }),
+        UsersCommand::Remove { name, file } => users::remove_user(file, name).map(|()| {
+            eprintln!("wschat: removed {name} from {}", file.display());
+        }),
+    };
+    match edited {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("wschat: {error}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
-    if config.token.is_development_token() {
+    if config.token.is_none() && !config.has_per_user_source() {
         tracing::warn!(
             "no token configured: using the development token; set --token or --token-file"
         );

@@ -24,6 +24,15 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabel {
+    source: &'static str,
+    result: &'static str,
+}
+
+/// Everything the server reads again at run time (SPEC §10: the users file).
+pub const RELOAD_SOURCES: [&str; 1] = ["users_file"];
+
 /// Cheap to clone: every clone updates the same series.
 #[derive(Clone)]
 pub struct Metrics {
@@ -39,6 +48,7 @@ struct Inner {
     received: Counter,
     delivered: Counter,
     rate_limited: Counter,
+    reloads: Family<ReloadLabel, Counter>,
     cluster: Option<ClusterMetrics>,
 }
 
@@ -117,6 +127,7 @@ impl Metrics {
         let received = Counter::default();
         let delivered = Counter::default();
         let rate_limited = Counter::default();
+        let reloads = Family::<ReloadLabel, Counter>::default();
         registry.register("connections", "Open chat connections", connections.clone());
         registry.register(
             "connections_accepted",
@@ -148,6 +159,11 @@ impl Metrics {
             "Messages refused by the rate limit",
             rate_limited.clone(),
         );
+        registry.register(
+            "reloads",
+            "Files read again at run time, by source and result (ok, or error: the old contents stay)",
+            reloads.clone(),
+        );
         // Every known label value at 0 from the first scrape, so `rate()` and alerts see a
         // quiet series instead of no data.
         for reason in Rejection::LABELS {
@@ -155,6 +171,11 @@ impl Metrics {
         }
         for reason in DISCONNECT_REASONS {
             drop(disconnects.get_or_create(&ReasonLabel { reason }));
+        }
+        for source in RELOAD_SOURCES {
+            for result in ["ok", "error"] {
+                drop(reloads.get_or_create(&ReloadLabel { source, result }));
+            }
         }
         let cluster = cluster.then(|| ClusterMetrics::register(&mut registry));
         Self {
@@ -167,9 +188,19 @@ impl Metrics {
                 received,
                 delivered,
                 rate_limited,
+                reloads,
                 cluster,
             }),
         }
+    }
+
+    /// A reload of `source` (one of [`RELOAD_SOURCES`]) succeeded or failed.
+    pub fn reloaded(&self, source: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.inner
+            .reloads
+            .get_or_create(&ReloadLabel { source, result })
+            .inc();
     }
 
     pub fn connection_opened(&self) {

@@ -55,6 +55,15 @@ pub enum ServerEvent {
         from: u64,
         to: u64,
     },
+    /// The connection's signed token expires at `exp` (milliseconds since the Unix epoch);
+    /// a `refresh` before then (plus the leeway) keeps it open (SPEC §10).
+    Expiring {
+        exp: u64,
+    },
+    /// A `refresh` was accepted: the connection now lives until `exp`.
+    Refreshed {
+        exp: u64,
+    },
 }
 
 /// Machine-readable reason carried by an `error` event.
@@ -69,23 +78,50 @@ pub enum ErrorCode {
     RateLimited,
     /// The cluster's Redis cannot be reached: the message was not posted.
     Unavailable,
+    /// A `refresh` token was not valid (or another user's); nothing changed.
+    InvalidToken,
 }
 
 /// Commands a client may send as a JSON object with a string `type`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientCommand {
     /// Post `text` to the room.
     Say { text: String },
+    /// Extend a connection whose signed token is expiring with a new token for the same user.
+    Refresh { token: String },
+}
+
+impl std::fmt::Debug for ClientCommand {
+    /// Never the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientCommand::Say { text } => f.debug_struct("Say").field("text", text).finish(),
+            ClientCommand::Refresh { .. } => f.write_str("Refresh { token: REDACTED }"),
+        }
+    }
 }
 
 /// What one client text frame asks for, once interpreted by [`parse_client_frame`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum ClientFrame {
     /// Post this text (from a `say` command or a plain-text frame).
     Say(String),
+    /// Extend the connection with this token.
+    Refresh(String),
     /// A JSON object with a string `type` that is not a valid command.
     BadRequest(String),
+}
+
+impl std::fmt::Debug for ClientFrame {
+    /// Never the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientFrame::Say(text) => f.debug_tuple("Say").field(text).finish(),
+            ClientFrame::Refresh(_) => f.write_str("Refresh(REDACTED)"),
+            ClientFrame::BadRequest(reason) => f.debug_tuple("BadRequest").field(reason).finish(),
+        }
+    }
 }
 
 /// Interprets one client text frame (SPEC §5, "Client → server").
@@ -110,8 +146,12 @@ pub fn parse_client_frame(text: &str) -> ClientFrame {
     let kind = kind.to_owned();
     match serde_json::from_value::<ClientCommand>(serde_json::Value::Object(object)) {
         Ok(ClientCommand::Say { text }) => ClientFrame::Say(text),
+        Ok(ClientCommand::Refresh { token }) => ClientFrame::Refresh(token),
         Err(_) if kind == "say" => {
             ClientFrame::BadRequest("`say` needs a string field `text`".to_owned())
+        }
+        Err(_) if kind == "refresh" => {
+            ClientFrame::BadRequest("`refresh` needs a string field `token`".to_owned())
         }
         Err(_) => ClientFrame::BadRequest(format!("unknown command type `{kind}`")),
     }

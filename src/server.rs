@@ -32,10 +32,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, ClusterDriver, ClusterError, ClusterSettings, Unavailable};
 use crate::config::{Config, ConfigError};
-use crate::connection::{self, Connection, ConnectionLimits};
+use crate::connection::{self, Connection, ConnectionLimits, Seat};
 use crate::handshake::Policy;
 use crate::http::{self as routes, AppState, PendingUpgrade, UpgradeSlot};
 use crate::hub::{Backend, Hub, HubLimits};
+use crate::identity::{self, Authenticator};
 use crate::metrics::Metrics;
 use crate::stream::{HoldSwitch, HttpStream, TakenOver};
 use crate::throttle::Throttle;
@@ -91,6 +92,7 @@ impl Server {
         if listeners.is_empty() {
             return Err(ConfigError::NoListener.into());
         }
+        let auth = Arc::new(Authenticator::from_config(&config)?);
         let (metrics, backend, cluster) = match &config.redis_url {
             None => (Metrics::new(), Backend::Memory, None),
             Some(url) => {
@@ -123,7 +125,7 @@ impl Server {
         };
         let state = Arc::new(AppState {
             policy: Policy {
-                token: config.token.clone(),
+                auth: Arc::clone(&auth),
                 allowed_origins: config.allowed_origins.clone(),
                 auth_failure: config.auth_failure,
             },
@@ -174,6 +176,12 @@ impl Server {
         let cluster_stop = CancellationToken::new();
         let cluster =
             cluster.map(|driver| tokio::spawn(driver.run(state.hub.clone(), cluster_stop.clone())));
+        let reload_stop = CancellationToken::new();
+        let users_file_watch = tokio::spawn(identity::watch_users_file(
+            Arc::clone(&state.policy.auth),
+            state.metrics.clone(),
+            reload_stop.clone(),
+        ));
         let http = Arc::new(http);
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -210,6 +218,8 @@ impl Server {
 
         tracing::info!(open = connections.len(), "shutting down");
         drop(listeners);
+        reload_stop.cancel();
+        let _ = users_file_watch.await;
         state.shutdown.cancel();
         let drain = async { while connections.join_next().await.is_some() {} };
         if tokio::time::timeout(shutdown_grace, drain).await.is_err() {
@@ -297,6 +307,7 @@ async fn take_over(
             upgrade,
             reservation,
             permit,
+            session,
         } => {
             let taken = taken_over(upgrade.await, peer)?;
             let mut joined = match reservation.join().await {
@@ -330,7 +341,7 @@ async fn take_over(
             Some(Box::new(Connection::new(
                 socket,
                 joined,
-                permit,
+                Seat { permit, session },
                 state.limits,
                 state.shutdown.clone(),
                 state.metrics.clone(),

@@ -72,7 +72,7 @@ async fn token_presentations(
     #[values(AuthFailureMode::Http, AuthFailureMode::Close)] mode: AuthFailureMode,
 ) {
     let server = TestServer::start_with(|config| {
-        config.token = wschat_testkit::Token::new(SECRET);
+        config.token = Some(wschat_testkit::Token::new(SECRET));
         config.auth_failure = mode;
     })
     .await;

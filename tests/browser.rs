@@ -645,7 +645,7 @@ async fn reconnects_after_the_server_restarts() {
     // Same port and token: to the page this is the same server coming back.
     let _server = TestServer::start_with(|config| {
         config.listen = vec![addr];
-        config.token = Token::new(token);
+        config.token = Some(Token::new(token));
     })
     .await;
     browser.wait_for_status("connected").await;

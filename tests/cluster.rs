@@ -365,7 +365,7 @@ async fn a_node_cut_off_refills_what_it_missed_and_announces_only_what_is_gone(
     let steady = TestServer::start_node(&redis, adjust).await;
     let mut config = TestServer::config();
     adjust(&mut config);
-    config.token = wschat_testkit::Token::new(steady.token());
+    config.token = Some(wschat_testkit::Token::new(steady.token()));
     let url = redis
         .url()
         .replacen("redis://", "redis://cutoff:secret@", 1);

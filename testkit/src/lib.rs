@@ -50,11 +50,15 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
+mod jwt;
 mod redis;
 mod tls;
+mod users;
+pub use jwt::{tamper_payload, unsigned_token, Claims, JwtKey};
 pub use redis::RedisServer;
 pub use tls::TestCa;
 pub use tokio_tungstenite::tungstenite;
+pub use users::TestUsers;
 pub use wschat::protocol::{ChatMessage, ErrorCode, ServerEvent};
 pub use wschat::{AuthFailureMode, Config, Metrics, RedisUrl, Token};
 
@@ -77,7 +81,8 @@ pub const CLUSTER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Dropping it starts a graceful shutdown; [`TestServer::shutdown`] also waits for it.
 pub struct TestServer {
     addr: SocketAddr,
-    token: String,
+    /// The shared secret, if the server has one.
+    token: Option<String>,
     metrics: Metrics,
     hub: wschat::hub::Hub,
     stop: CancellationToken,
@@ -115,7 +120,9 @@ impl TestServer {
 
     /// Starts a server with exactly `config` (it should listen on port 0).
     pub async fn start_config(config: Config) -> Self {
-        let token = config.token.expose().to_owned();
+        let token = config
+            .shared_secret()
+            .map(|token| token.expose().to_owned());
         let server = wschat::Server::bind(config)
             .await
             .unwrap_or_else(|error| panic!("test server failed to start: {error}"));
@@ -183,7 +190,7 @@ impl TestServer {
         let mut started = Vec::with_capacity(nodes);
         for _ in 0..nodes {
             let mut config = Self::config();
-            config.token = token.clone();
+            config.token = Some(token.clone());
             adjust(&mut config);
             started.push(Self::start_node_config(redis, config).await);
         }
@@ -235,7 +242,7 @@ impl TestServer {
     pub fn config() -> Config {
         Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
-            token: Token::new(random_token()),
+            token: Some(Token::new(random_token())),
             auth_fail_limit: 0,
             ..Config::default()
         }
@@ -245,9 +252,12 @@ impl TestServer {
         self.addr
     }
 
-    /// The token clients must present.
+    /// The shared secret clients present. Panics for a server that has none (one configured
+    /// with only per-user sources, see [`TestUsers`] and [`JwtKey`]).
     pub fn token(&self) -> &str {
-        &self.token
+        self.token
+            .as_deref()
+            .unwrap_or_else(|| panic!("this test server has no shared secret"))
     }
 
     /// `ws://127.0.0.1:PORT/`, without any query.
@@ -287,9 +297,14 @@ impl TestServer {
         }
     }
 
-    /// A client builder preset with this server's address and token (in the query).
+    /// A client builder preset with this server's address and shared secret (in the query),
+    /// or with no token when the server has no shared secret.
     pub fn client(&self) -> ClientBuilder {
-        ClientBuilder::new(self.addr).token(self.token.clone())
+        let builder = ClientBuilder::new(self.addr);
+        match &self.token {
+            Some(token) => builder.token(token.clone()),
+            None => builder,
+        }
     }
 
     /// Sends one raw HTTP/1.1 request (`Connection: close` is added) and reads the response.
@@ -392,6 +407,19 @@ enum TokenPlacement {
     None,
     Query(String),
     Bearer(String),
+    Subprotocol(String),
+}
+
+/// The three places a client can carry its token in (SPEC §4, §10), for tables of tests that
+/// run once per carrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// The `token` query parameter.
+    Query,
+    /// `Authorization: Bearer <token>`.
+    Header,
+    /// `Sec-WebSocket-Protocol: wschat, bearer.<token>`, as a browser sends it.
+    Subprotocol,
 }
 
 /// Builds a connection attempt. Start from [`TestServer::client`].
@@ -471,6 +499,35 @@ impl ClientBuilder {
         self
     }
 
+    /// Offers `Sec-WebSocket-Protocol: wschat, bearer.<token>`, the browser-safe carrier of
+    /// SPEC §10; the server answers `wschat` (see [`Client::subprotocol`]).
+    pub fn subprotocol_token(mut self, token: impl Into<String>) -> Self {
+        self.token = TokenPlacement::Subprotocol(token.into());
+        self
+    }
+
+    /// Presents `token` in `carrier`.
+    ///
+    /// ```
+    /// use wschat_testkit::{Carrier, TestServer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let server = TestServer::start().await;
+    /// for carrier in [Carrier::Query, Carrier::Header, Carrier::Subprotocol] {
+    ///     let client = server.client().carry(carrier, server.token()).connect_ok().await;
+    ///     assert!(client.user().starts_with("guest-"));
+    /// }
+    /// # }
+    /// ```
+    pub fn carry(self, carrier: Carrier, token: impl Into<String>) -> Self {
+        match carrier {
+            Carrier::Query => self.token(token),
+            Carrier::Header => self.bearer(token),
+            Carrier::Subprotocol => self.subprotocol_token(token),
+        }
+    }
+
     pub fn room(mut self, room: impl Into<String>) -> Self {
         self.room = Some(room.into());
         self
@@ -541,6 +598,13 @@ impl ClientBuilder {
                 .headers_mut()
                 .insert(http::header::AUTHORIZATION, value);
         }
+        if let TokenPlacement::Subprotocol(token) = &self.token {
+            let value = HeaderValue::from_str(&format!("wschat, bearer.{token}"))
+                .map_err(|error| ConnectError::Failed(error.to_string()))?;
+            request
+                .headers_mut()
+                .insert(http::header::SEC_WEBSOCKET_PROTOCOL, value);
+        }
         for (name, value) in &self.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|error| ConnectError::Failed(error.to_string()))?;
@@ -583,9 +647,16 @@ impl ClientBuilder {
                 }));
             }
             Ok(Err(error)) => return Err(ConnectError::Failed(error.to_string())),
-            Ok(Ok((socket, _response))) => socket,
+            Ok(Ok((socket, response))) => (socket, response),
         };
+        let (socket, response) = socket;
+        let subprotocol = response
+            .headers()
+            .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let mut client = Client {
+            subprotocol,
             socket,
             timeout: self.timeout,
             welcome: None,
@@ -731,6 +802,7 @@ pub struct Client {
     timeout: Duration,
     welcome: Option<Welcome>,
     welcome_json: String,
+    subprotocol: Option<String>,
 }
 
 impl Client {
@@ -752,6 +824,23 @@ impl Client {
     }
 
     /// Posts `text` with a `{"type":"say"}` command.
+    /// The subprotocol the server answered the handshake with (`wschat` when the client
+    /// offered it), if any.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.subprotocol.as_deref()
+    }
+
+    /// Sends `{"type":"refresh","token":…}` (SPEC §10); the answer is a `refreshed` event or an
+    /// `invalid_token` error.
+    pub async fn refresh(&mut self, token: &str) {
+        let command = wschat::ClientCommand::Refresh {
+            token: token.to_owned(),
+        };
+        let json = serde_json::to_string(&command)
+            .unwrap_or_else(|error| panic!("cannot encode a refresh: {error}"));
+        self.send_text(&json).await;
+    }
+
     pub async fn say(&mut self, text: &str) {
         let command = serde_json::json!({ "type": "say", "text": text }).to_string();
         self.send_text(&command).await;
