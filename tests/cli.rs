@@ -276,6 +276,9 @@ async fn list_variables_are_comma_separated() {
 #[case::huge_connection_limit(&["--max-connections", "18446744073709551615"], "--max-connections")]
 #[case::huge_duration(&["--idle-timeout", "500000000000y"], "--idle-timeout")]
 #[case::two_token_flags(&["--token", "a", "--token-file", "/tmp/x"], "--token-file")]
+#[case::two_jwt_keys(&["--jwt-secret-file", "/tmp/a", "--jwt-public-key-file", "/tmp/b"], "--jwt-public-key-file")]
+#[case::zero_connections_per_user(&["--max-connections-per-user", "0"], "--max-connections-per-user")]
+#[case::missing_users_file(&["--users-file", "/nonexistent/wschat.users"], "/nonexistent/wschat.users")]
 #[case::redis_url_of_another_scheme(&["--redis-url", "http://127.0.0.1:6379/"], "--redis-url")]
 #[case::unparseable_redis_url(&["--redis-url", "redis://[::1"], "--redis-url")]
 #[case::node_timeout_too_short(&["--redis-url", "redis://127.0.0.1:1/", "--node-timeout", "500ms"], "--node-timeout")]
@@ -386,5 +389,148 @@ async fn help_exits_0() {
         "--shutdown-grace",
     ] {
         assert!(help.contains(flag), "help lacks {flag}");
+    }
+}
+
+/// Runs `wschat users …` to completion and returns its status, stdout and stderr.
+async fn users_command(args: &[&str]) -> (ExitStatus, String, String) {
+    let output = tokio::time::timeout(WAIT, wschat(args).output())
+        .await
+        .expect("wschat users exits within the timeout")
+        .expect("output");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn users_add_prints_a_token_once_and_the_server_takes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users");
+    let file = file.to_str().unwrap();
+    let (status, stdout, stderr) = users_command(&["users", "add", "alice", "--file", file]).await;
+    assert!(status.success(), "{stderr}");
+    let token = stdout.trim();
+    assert_eq!(token.len(), 64, "256 random bits as hex: {token:?}");
+    assert!(!stderr.contains(token), "the token is printed once");
+    let contents = std::fs::read_to_string(file).unwrap();
+    assert!(contents.starts_with("alice:"), "{contents}");
+    assert!(!contents.contains(token), "the file keeps only the digest");
+
+    let (again, _, stderr) = users_command(&["users", "add", "alice", "--file", file]).await;
+    assert_eq!(again.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("alice"), "{stderr}");
+
+    let (child, addr) = start(&["--listen", "127.0.0.1:0", "--users-file", file]).await;
+    let alice = ClientBuilder::new(addr)
+        .subprotocol_token(token)
+        .connect_ok()
+        .await;
+    assert_eq!(alice.user(), "alice");
+    alice.close().await;
+    terminate(&child);
+    let (status, logs) = exit_of(child).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        !logs.contains(token),
+        "the token leaked into the logs:\n{logs}"
+    );
+    assert!(
+        !logs.contains("development token"),
+        "no development token beside a users file: {logs}"
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_users_file_and_closes_removed_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users");
+    let file = file.to_str().unwrap();
+    let (_, alice_token, _) = users_command(&["users", "add", "alice", "--file", file]).await;
+    let (child, addr) = start(&["--listen", "127.0.0.1:0", "--users-file", file]).await;
+    let mut alice = ClientBuilder::new(addr)
+        .bearer(alice_token.trim())
+        .connect_ok()
+        .await;
+    // Edited in place behind the server's back, then SIGHUP; the watcher may see it first,
+    // which is as good.
+    std::fs::write(file, "# nobody\n").unwrap();
+    send_signal(&child, "HUP");
+    let (code, reason) = alice.expect_close().await;
+    assert_eq!((code, reason.as_str()), (1008, "token revoked"));
+    let (removed, _, stderr) = users_command(&["users", "remove", "alice", "--file", file]).await;
+    assert_eq!(removed.code(), Some(2), "alice is gone already: {stderr}");
+    terminate(&child);
+    let (status, logs) = exit_of(child).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGHUP does not stop the server: {logs}"
+    );
+    assert!(logs.contains("users file reloaded"), "{logs}");
+    assert!(!logs.contains(alice_token.trim()), "{logs}");
+}
+
+#[rstest]
+#[case::users_file_that_does_not_parse("users", "alice\n", "line 1")]
+#[case::short_jwt_secret("jwt-secret", "short\n", "at least 32")]
+#[case::public_key_that_is_not_one("jwt-public-key", "not a key\n", "not a PEM")]
+#[tokio::test]
+async fn identity_files_that_do_not_load_exit_2_with_one_line(
+    #[case] kind: &str,
+    #[case] contents: &str,
+    #[case] named: &str,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(kind);
+    std::fs::write(&path, contents).unwrap();
+    let flag = format!("--{kind}-file");
+    let child = wschat(&["--listen", "127.0.0.1:0", &flag, path.to_str().unwrap()])
+        .spawn()
+        .expect("spawn");
+    let (status, stderr) = exit_of(child).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+    assert!(stderr.contains(named), "{stderr:?} should say {named:?}");
+}
+
+#[tokio::test]
+async fn jwt_tokens_never_reach_the_logs_in_any_carrier() {
+    let key = wschat_testkit::JwtKey::ed25519();
+    let path = key.public_key_file().to_str().unwrap().to_owned();
+    let (child, addr) = start(&["--listen", "127.0.0.1:0", "--jwt-public-key-file", &path]).await;
+    let valid = key.mint(&wschat_testkit::Claims::for_user("alice"));
+    let forged = wschat_testkit::JwtKey::ed25519().mint(&wschat_testkit::Claims::for_user("eve"));
+    for carrier in [
+        wschat_testkit::Carrier::Query,
+        wschat_testkit::Carrier::Header,
+        wschat_testkit::Carrier::Subprotocol,
+    ] {
+        let client = ClientBuilder::new(addr)
+            .carry(carrier, &valid)
+            .connect_ok()
+            .await;
+        assert_eq!(client.user(), "alice");
+        client.close().await;
+        let rejected = ClientBuilder::new(addr)
+            .carry(carrier, &forged)
+            .connect_rejected()
+            .await;
+        assert_eq!(rejected.status, 401);
+    }
+    terminate(&child);
+    let (status, logs) = exit_of(child).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(logs.contains("handshake rejected"), "{logs}");
+    // Any of a token's three parts would be a leak: the signature most of all.
+    for token in [&valid, &forged] {
+        for part in token.split('.') {
+            assert!(
+                !logs.contains(part),
+                "a token part leaked into the logs:\n{logs}"
+            );
+        }
     }
 }
