@@ -13,7 +13,7 @@ use rstest::rstest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use wschat_testkit::{
-    ChatMessage, Client, ClientBuilder, ErrorCode, RedisServer, ServerEvent, TestServer,
+    ChatMessage, Client, ClientBuilder, ErrorCode, RedisServer, ServerEvent, TestServer, TestUsers,
 };
 
 /// How long a test waits for something that takes a cluster a while (a lease running out, a
@@ -749,4 +749,47 @@ async fn a_claim_that_timed_out_leaves_no_ghost() {
     .await
     .expect("the name is free again");
     assert_eq!(carol.welcome().members, ["carol"]);
+}
+
+/// Per-user identities on a cluster: a user's name is claimed in Redis like a guest's, so it is
+/// theirs on every node, and the cluster has one connection of theirs per room (a second one,
+/// on any node, is refused); several rooms at once work.
+#[tokio::test]
+async fn a_users_name_is_held_cluster_wide_one_connection_per_room() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let users = TestUsers::new(&["alice", "bob"]);
+    let nodes = TestServer::start_cluster(&redis, 2, |config| users.configure(config)).await;
+    let mut bob = nodes[1]
+        .client()
+        .bearer(users.token("bob"))
+        .connect_ok()
+        .await;
+    let mut alice = nodes[0]
+        .client()
+        .bearer(users.token("alice"))
+        .connect_ok()
+        .await;
+    assert!(matches!(bob.recv().await, ServerEvent::Join { user, .. } if user == "alice"));
+    for node in &nodes {
+        let again = node
+            .client()
+            .bearer(users.token("alice"))
+            .connect_rejected()
+            .await;
+        assert_eq!(again.status, 409);
+    }
+    // A guest cannot take the name either: beside users, guests are `guest-…`.
+    let guest = nodes[1].client().name("alice").connect_ok().await;
+    assert_eq!(guest.user(), "guest-alice");
+    let elsewhere = nodes[1]
+        .client()
+        .room("other")
+        .subprotocol_token(users.token("alice"))
+        .connect_ok()
+        .await;
+    assert_eq!(elsewhere.user(), "alice");
+    alice.say("from node 0").await;
+    assert_eq!(bob.recv_message().await.text, "from node 0");
 }
