@@ -177,11 +177,12 @@ impl Server {
         let cluster =
             cluster.map(|driver| tokio::spawn(driver.run(state.hub.clone(), cluster_stop.clone())));
         let reload_stop = CancellationToken::new();
-        let users_file_watch = tokio::spawn(identity::watch_users_file(
+        let users_file_watch = identity::watch_users_file(
             Arc::clone(&state.policy.auth),
             state.metrics.clone(),
             reload_stop.clone(),
-        ));
+        )
+        .map(tokio::spawn);
         let http = Arc::new(http);
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -219,7 +220,9 @@ impl Server {
         tracing::info!(open = connections.len(), "shutting down");
         drop(listeners);
         reload_stop.cancel();
-        let _ = users_file_watch.await;
+        if let Some(watch) = users_file_watch {
+            let _ = watch.await;
+        }
         state.shutdown.cancel();
         let drain = async { while connections.join_next().await.is_some() {} };
         if tokio::time::timeout(shutdown_grace, drain).await.is_err() {

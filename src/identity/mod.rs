@@ -301,11 +301,18 @@ impl UsersSource {
 
 /// Reads the users file again on SIGHUP and whenever it changes, until `stop`. A file that does
 /// not load keeps the old set; the failure is logged and counted.
-pub async fn watch_users_file(auth: Arc<Authenticator>, metrics: Metrics, stop: CancellationToken) {
-    let Some(source) = auth.users() else { return };
-    let path = source.path().to_owned();
+///
+/// The watcher and the SIGHUP handler are set up before this returns (so a SIGHUP sent once the
+/// server is up never meets the default action, which would end the process); the returned
+/// future does the reloading. `None` when no users file is configured.
+pub fn watch_users_file(
+    auth: Arc<Authenticator>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    let path = auth.users()?.path().to_owned();
     // Without a watcher (no inotify, say), SIGHUP still works.
-    let (_watcher, mut changed) = match users::watch(&path) {
+    let (watcher, mut changed) = match users::watch(&path) {
         Ok((watcher, changed)) => (Some(watcher), Some(changed)),
         Err(error) => {
             tracing::warn!(%error, "cannot watch the users file for changes; reload it with SIGHUP");
@@ -313,23 +320,27 @@ pub async fn watch_users_file(auth: Arc<Authenticator>, metrics: Metrics, stop: 
         }
     };
     let mut hangup = hangup_signal();
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            Some(()) = next_change(&mut changed) => {}
-            Some(()) = next_hangup(&mut hangup) => {}
-        }
-        match source.reload() {
-            Ok(count) => {
-                metrics.reloaded("users_file", true);
-                tracing::info!(users = count, path = %path.display(), "users file reloaded");
+    Some(async move {
+        let _watcher = watcher;
+        let Some(source) = auth.users() else { return };
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                Some(()) = next_change(&mut changed) => {}
+                Some(()) = next_hangup(&mut hangup) => {}
             }
-            Err(error) => {
-                metrics.reloaded("users_file", false);
-                tracing::error!(%error, "users file not reloaded; keeping the previous users");
+            match source.reload() {
+                Ok(count) => {
+                    metrics.reloaded("users_file", true);
+                    tracing::info!(users = count, path = %path.display(), "users file reloaded");
+                }
+                Err(error) => {
+                    metrics.reloaded("users_file", false);
+                    tracing::error!(%error, "users file not reloaded; keeping the previous users");
+                }
             }
         }
-    }
+    })
 }
 
 async fn next_change(changed: &mut Option<tokio::sync::mpsc::Receiver<()>>) -> Option<()> {
