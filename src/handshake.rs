@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::config::AuthFailureMode;
 use crate::hub::Claimant;
-use crate::identity::{AuthError, Authenticator, Identity, GUEST_PREFIX};
+use crate::identity::{is_guest_name, AuthError, Authenticator, Identity, GUEST_PREFIX};
 
 /// The room a connection joins when it names none.
 pub const DEFAULT_ROOM: &str = "lobby";
@@ -76,6 +76,9 @@ pub enum Decision {
     UpgradeThenClose {
         accept_key: HeaderValue,
         rejection: Rejection,
+        /// Whether to answer `Sec-WebSocket-Protocol: wschat`: a browser that offered it fails
+        /// an upgrade that names none, and would never see the close frame's reason.
+        subprotocol: bool,
     },
 }
 
@@ -304,6 +307,7 @@ pub fn decide<B>(
                 AuthFailureMode::Close => Decision::UpgradeThenClose {
                     accept_key: accept_key(client_key),
                     rejection,
+                    subprotocol: offered.wschat,
                 },
             }
         }
@@ -325,8 +329,9 @@ pub fn decide<B>(
             None => None,
             Some(name) if !is_valid_name(&name) => return Decision::Reject(Rejection::InvalidName),
             // Beside real users, a guest speaks as `guest-<name>`, so nobody can take a
-            // user's name with the shared secret.
-            Some(name) if policy.auth.has_per_user_source() => {
+            // user's name with the shared secret. A name in the guests' namespace already (a
+            // guest reconnecting as the `guest-<n>` it was given) stays as it is.
+            Some(name) if policy.auth.has_per_user_source() && !is_guest_name(&name) => {
                 Some(format!("{GUEST_PREFIX}{name}"))
             }
             Some(name) => Some(name),

@@ -182,18 +182,22 @@ async fn upgrade(
     if token_refused {
         state.throttle.record_failure(peer.ip());
     }
-    let mut subprotocol = false;
-    let (accept_key, pending) = match decision {
+    let (accept_key, pending, subprotocol) = match decision {
         Decision::Reject(rejection) => return reject(rejection),
         Decision::UpgradeThenClose {
             accept_key,
             rejection,
+            subprotocol: offered,
         } => {
             // The client sees 101 and then close 1008; the log and metric record the refusal.
             record(rejection);
             let reason = rejection.close_reason();
             let upgrade = hyper::upgrade::on(&mut request);
-            (accept_key, PendingUpgrade::Refuse { upgrade, reason })
+            (
+                accept_key,
+                PendingUpgrade::Refuse { upgrade, reason },
+                offered,
+            )
         }
         Decision::Accept(admission) => {
             // The user's own limit first: it is about this client, whatever the server's load.
@@ -224,7 +228,6 @@ async fn upgrade(
             };
             let session =
                 slot.map(|(credential, slot)| state.policy.auth.session(credential, slot));
-            subprotocol = admission.subprotocol;
             let upgrade = hyper::upgrade::on(&mut request);
             (
                 admission.accept_key,
@@ -234,6 +237,7 @@ async fn upgrade(
                     permit,
                     session,
                 },
+                admission.subprotocol,
             )
         }
     };

@@ -29,7 +29,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
-use wschat_testkit::{AuthFailureMode, TestServer, Token};
+use wschat_testkit::{AuthFailureMode, Claims, JwtKey, ServerEvent, TestServer, TestUsers, Token};
 
 /// How long any one expected state may take to appear; generous for a loaded 2-core CI box.
 const WAIT: Duration = Duration::from_secs(10);
@@ -382,6 +382,58 @@ impl Browser {
             )
             .await;
         status.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Makes the page's `WebSocket` constructor record what it is called with; read it with
+    /// [`Browser::opened_sockets`]. Scripts run through WebDriver are not bound by the page's
+    /// CSP, so this works on the real page.
+    async fn record_sockets(&self) {
+        self.eval(
+            "const Native = window.WebSocket;
+             window.openedSockets = [];
+             window.WebSocket = class extends Native {
+               constructor(url, protocols) {
+                 window.openedSockets.push({ url: String(url), protocols });
+                 super(url, protocols);
+                 window.openedSockets[window.openedSockets.length - 1].socket = this;
+               }
+             };",
+        )
+        .await;
+    }
+
+    /// Every socket the page opened since [`Browser::record_sockets`]: the URL and protocols it
+    /// asked for, and the protocol the server chose.
+    async fn opened_sockets(&self) -> Value {
+        self.eval(
+            "return window.openedSockets.map(({ url, protocols, socket }) =>
+               ({ url, protocols, protocol: socket ? socket.protocol : null }))",
+        )
+        .await
+    }
+
+    /// Waits until the page shows its expiry countdown and returns the seconds it shows, which
+    /// must be fewer than `below`.
+    async fn wait_for_countdown_below(&self, below: u64) -> u64 {
+        let shown = self
+            .wait_for(
+                &format!("session expires in fewer than {below} s"),
+                &format!(
+                    "(() => {{
+                       const expiry = document.getElementById('expiry');
+                       const seconds = /^session expires in (\\d+) s$/.exec(expiry.textContent);
+                       return !expiry.hidden && seconds && Number(seconds[1]) < {below}
+                         && expiry.textContent;
+                     }})()"
+                ),
+            )
+            .await;
+        let shown = shown.as_str().unwrap_or_default();
+        shown
+            .strip_prefix("session expires in ")
+            .and_then(|rest| rest.strip_suffix(" s"))
+            .and_then(|seconds| seconds.parse().ok())
+            .unwrap_or_else(|| panic!("not a countdown: {shown:?}"))
     }
 
     /// Asserts that `token` is nowhere the page could leak it from: not in its address (so
@@ -794,4 +846,189 @@ async fn page_runs_under_its_own_csp() {
         errors.iter().all(|e| e.contains("TrustedHTML")),
         "{errors:#?}"
     );
+}
+
+#[tokio::test]
+async fn a_personal_token_goes_in_the_subprotocol_and_in_no_url() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let mut users = TestUsers::new(&["alice", "bob"]);
+    let server = TestServer::start_with(|config| {
+        config.token = None; // users only
+        users.configure(config);
+    })
+    .await;
+    let mut bob = server
+        .client()
+        .bearer(users.token("bob"))
+        .connect_ok()
+        .await;
+    let token = users.token("alice").to_owned();
+
+    browser.open(&server).await;
+    browser.record_sockets().await;
+    // The name field is for guests: whatever is typed there, the token's name is the one used.
+    browser.join(&token, "mallory", "lobby").await;
+    let status = browser.wait_for_status("connected").await;
+    assert_eq!(status, "connected as alice in #lobby");
+    browser.wait_for_members(&["bob", "alice"]).await;
+    browser.wait_for_event("you appear as alice").await;
+    let you = browser
+        .eval("return document.querySelector('#members li[data-user=\"alice\"]').textContent")
+        .await;
+    assert_eq!(you, "alice (you)");
+
+    let opened = browser.opened_sockets().await;
+    assert_eq!(
+        opened,
+        json!([{
+            "url": format!("ws://{}/?room=lobby&name=mallory", server.addr()),
+            "protocols": ["wschat", format!("bearer.{token}")],
+            "protocol": "wschat",
+        }]),
+        "one socket, the token only in its subprotocols, and the server chose wschat"
+    );
+    let url = opened[0]["url"].as_str().unwrap_or_default();
+    assert!(!url.contains("token=") && !url.contains(&token), "{url}");
+    browser.assert_token_kept_private(&token).await;
+
+    assert!(matches!(bob.recv().await, ServerEvent::Join { user, .. } if user == "alice"));
+    browser.say("hello from the page").await;
+    let message = bob.recv_message().await;
+    assert_eq!(
+        (message.user.as_str(), message.text.as_str()),
+        ("alice", "hello from the page")
+    );
+    bob.say("hello alice").await;
+    browser.wait_for_message("bob", "hello alice").await;
+
+    // Taken out of the users file: the server closes the page's socket, which says why and
+    // does not try again.
+    users.remove("alice");
+    let status = browser.wait_for_status("closed").await;
+    assert_eq!(
+        status,
+        "closed: access revoked (close 1008); a new token is needed to connect again"
+    );
+    browser
+        .wait_for_event("disconnected: access revoked (close 1008)")
+        .await;
+    assert_eq!(
+        browser.opened_sockets().await.as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn an_expiring_token_counts_down_then_the_page_says_the_session_expired() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let key = JwtKey::hs256();
+    // Told it is expiring right after the welcome (the window is longer than the token's life),
+    // and closed right at exp.
+    let server = TestServer::start_with(|config| {
+        config.token = None;
+        config.jwt_leeway = Duration::ZERO;
+        config.jwt_refresh_window = Duration::from_secs(60);
+        key.configure(config);
+    })
+    .await;
+    browser.open(&server).await;
+    // Minted last, so the browser's start does not eat the token's life.
+    let token = key.mint(&Claims::for_user("alice").expires_in(Duration::from_secs(4)));
+    browser.join(&token, "", "lobby").await;
+    let status = browser.wait_for_status("connected").await;
+    assert_eq!(status, "connected as alice in #lobby");
+
+    let first = browser.wait_for_countdown_below(6).await;
+    assert!(first >= 1, "the page connected too late to see a countdown");
+    browser.screenshot("browser-session-expiring.png").await;
+    // Counted down while connected.
+    browser.wait_for_countdown_below(first).await;
+
+    let status = browser.wait_for_status("closed").await;
+    assert_eq!(
+        status,
+        "closed: session expired (close 1008); a new token is needed to connect again"
+    );
+    browser
+        .wait_for_event("disconnected: session expired (close 1008)")
+        .await;
+    let page = browser
+        .eval(
+            "const expiry = document.getElementById('expiry');
+             return {
+               countdown_hidden: expiry.hidden,
+               form_hidden: document.getElementById('connect').hidden,
+               can_connect_again: !document.getElementById('connect-button').disabled,
+             }",
+        )
+        .await;
+    assert_eq!(
+        page,
+        json!({ "countdown_hidden": true, "form_hidden": false, "can_connect_again": true })
+    );
+    browser.assert_token_kept_private(&token).await;
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_guest_beside_a_users_file_is_shown_as_a_guest() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let users = TestUsers::new(&["alice"]);
+    // The shared secret stays (TestServer::config sets one): its holders are guests.
+    let server = TestServer::start_with(|config| users.configure(config)).await;
+    let mut alice = server
+        .client()
+        .bearer(users.token("alice"))
+        .connect_ok()
+        .await;
+
+    browser.open(&server).await;
+    // Asking for a user's name with the shared secret gets a guest's name.
+    browser.join(server.token(), "alice", "lobby").await;
+    let status = browser.wait_for_status("connected").await;
+    assert_eq!(status, "connected as guest-alice in #lobby");
+    browser.wait_for_members(&["alice", "guest-alice"]).await;
+    browser.wait_for_event("you appear as guest-alice").await;
+
+    assert!(matches!(alice.recv().await, ServerEvent::Join { user, .. } if user == "guest-alice"));
+    browser.say("only a guest").await;
+    let message = alice.recv_message().await;
+    assert_eq!(
+        (message.user.as_str(), message.text.as_str()),
+        ("guest-alice", "only a guest")
+    );
+    browser
+        .wait_for_message("guest-alice", "only a guest")
+        .await;
+    alice.say("welcome, guest").await;
+    browser.wait_for_message("alice", "welcome, guest").await;
+    browser.assert_token_kept_private(server.token()).await;
+}
+
+#[tokio::test]
+async fn a_token_a_browser_cannot_send_is_explained() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    browser.open(&server).await;
+    browser.record_sockets().await;
+    // A space is not allowed in a subprotocol; the WebSocket constructor would throw.
+    browser.join("two words", "alice", "lobby").await;
+    let status = browser.wait_for_status("failed").await;
+    assert!(
+        status.starts_with("invalid token: a browser can send only"),
+        "{status}"
+    );
+    assert_eq!(browser.opened_sockets().await, json!([]));
+    let page = browser.snapshot().await;
+    assert_eq!(page["form_hidden"], false, "{page:#}");
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
 }

@@ -588,3 +588,52 @@ async fn a_guest_cannot_refresh() {
     guest.refresh("a.b.c").await;
     assert_eq!(guest.recv_error().await, ErrorCode::BadRequest);
 }
+
+/// A browser that offered `wschat` fails an upgrade that names no subprotocol, so in
+/// auth-failure mode `close` the refusal's upgrade answers `wschat` too: the page then sees the
+/// close frame's reason instead of a failed connection.
+#[rstest]
+#[case::wrong_token("f".repeat(64), "invalid token")]
+#[case::expired_token(String::new(), "token expired")]
+#[tokio::test]
+async fn close_mode_answers_the_subprotocol_before_closing(
+    #[case] token: String,
+    #[case] reason: &str,
+) {
+    let key = JwtKey::hs256();
+    let server = TestServer::start_with(|config| {
+        config.token = None;
+        config.auth_failure = wschat_testkit::AuthFailureMode::Close;
+        key.configure(config);
+    })
+    .await;
+    let token = if token.is_empty() {
+        key.mint(&Claims::for_user("alice").expired_ago(Duration::from_secs(60)))
+    } else {
+        token
+    };
+    match server.client().subprotocol_token(token).connect().await {
+        Err(wschat_testkit::ConnectError::Closed { code, reason: got }) => {
+            assert_eq!((code, got.as_str()), (1008, reason));
+        }
+        Err(other) => panic!("expected close 1008 {reason:?}, got {other}"),
+        Ok(client) => panic!("expected a refusal, but {} got in", client.user()),
+    }
+}
+
+#[tokio::test]
+async fn a_guest_reconnecting_as_its_guest_name_keeps_it() {
+    let users = TestUsers::new(&["alice"]);
+    let server = TestServer::start_with(|config| users.configure(config)).await;
+    let first = server.client().connect_ok().await;
+    let given = first.user().to_owned();
+    assert!(given.starts_with("guest-"), "{given}");
+    first.close().await;
+    server
+        .wait_for_metrics("the first connection gone", |text| {
+            text.contains("wschat_connections 0")
+        })
+        .await;
+    let again = server.client().name(&given).connect_ok().await;
+    assert_eq!(again.user(), given, "not guest-{given}");
+}
