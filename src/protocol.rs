@@ -138,6 +138,13 @@ pub fn parse_client_frame(text: &str) -> ClientFrame {
     }
     let Ok(serde_json::Value::Object(object)) = serde_json::from_str::<serde_json::Value>(text)
     else {
+        // A `refresh` with a typo would otherwise be posted as chat text, and show the room
+        // the token it carries.
+        if text.contains("\"refresh\"") {
+            return ClientFrame::BadRequest(
+                "malformed `refresh` command; not posted, since it may hold a token".to_owned(),
+            );
+        }
         return plain();
     };
     let Some(kind) = object.get("type").and_then(|value| value.as_str()) else {
@@ -309,6 +316,31 @@ mod tests {
         assert_eq!(
             parse_client_frame(r#"{"type":"say","text":"hi"}"#),
             ClientFrame::Say("hi".into())
+        );
+    }
+
+    #[test]
+    fn a_refresh_carries_its_token_and_a_malformed_one_is_never_posted() {
+        assert_eq!(
+            parse_client_frame(r#"{"type":"refresh","token":"a.b.c"}"#),
+            ClientFrame::Refresh("a.b.c".into())
+        );
+        for frame in [
+            r#"{"type":"refresh","token":"a.b.c""#,
+            r#"{"type":"refresh"}"#,
+            r#"{"type":"refresh","token":5}"#,
+        ] {
+            assert!(
+                matches!(parse_client_frame(frame), ClientFrame::BadRequest(_)),
+                "{frame}"
+            );
+        }
+        assert_eq!(
+            format!(
+                "{:?}",
+                parse_client_frame(r#"{"type":"refresh","token":"s3cret"}"#)
+            ),
+            "Refresh(REDACTED)"
         );
     }
 

@@ -16,6 +16,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -68,6 +69,10 @@ pub struct Server {
     shutdown_grace: Duration,
     /// The Redis link of a cluster node, run alongside the accept loop.
     cluster: Option<ClusterDriver>,
+    /// Reloads the users file (SPEC §10); its watcher and SIGHUP handler are already set up,
+    /// so a SIGHUP sent once the server is bound never stops the process.
+    users_file_watch: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    reload_stop: CancellationToken,
 }
 
 impl Server {
@@ -139,12 +144,21 @@ impl Server {
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(config.handshake_timeout);
+        let reload_stop = CancellationToken::new();
+        let users_file_watch = identity::watch_users_file(
+            Arc::clone(&state.policy.auth),
+            state.metrics.clone(),
+            reload_stop.clone(),
+        )
+        .map(|watch| Box::pin(watch) as Pin<Box<dyn Future<Output = ()> + Send>>);
         Ok(Self {
             listeners,
             state,
             http,
             shutdown_grace: config.shutdown_grace,
             cluster,
+            users_file_watch,
+            reload_stop,
         })
     }
 
@@ -172,17 +186,13 @@ impl Server {
             http,
             shutdown_grace,
             cluster,
+            users_file_watch,
+            reload_stop,
         } = self;
         let cluster_stop = CancellationToken::new();
         let cluster =
             cluster.map(|driver| tokio::spawn(driver.run(state.hub.clone(), cluster_stop.clone())));
-        let reload_stop = CancellationToken::new();
-        let users_file_watch = identity::watch_users_file(
-            Arc::clone(&state.policy.auth),
-            state.metrics.clone(),
-            reload_stop.clone(),
-        )
-        .map(tokio::spawn);
+        let users_file_watch = users_file_watch.map(tokio::spawn);
         let http = Arc::new(http);
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);

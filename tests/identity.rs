@@ -25,6 +25,7 @@ enum Source {
     Hs256,
     EdDsa,
     Es256,
+    Rs256,
 }
 
 impl Source {
@@ -33,7 +34,17 @@ impl Source {
             Source::Hs256 => JwtKey::hs256(),
             Source::EdDsa => JwtKey::ed25519(),
             Source::Es256 => JwtKey::es256(),
+            Source::Rs256 => JwtKey::rs256(),
         }
+    }
+}
+
+/// A key of `source`'s kind that the server does not know. The RSA test key is fixed, so its
+/// stand-in is an HS256 key (an algorithm mismatch as well as a wrong signature).
+fn wrong_key(source: Source) -> JwtKey {
+    match source {
+        Source::Rs256 => JwtKey::hs256(),
+        other => other.key(),
     }
 }
 
@@ -95,7 +106,7 @@ fn invalid() -> Expect {
 }
 
 /// The token and room of a case, and the answer it must get.
-fn scenario(case: Case, key: &JwtKey) -> (String, &'static str, Expect) {
+fn scenario(case: Case, source: Source, key: &JwtKey) -> (String, &'static str, Expect) {
     let in_team = "team-red";
     match case {
         Case::Valid => (
@@ -118,8 +129,9 @@ fn scenario(case: Case, key: &JwtKey) -> (String, &'static str, Expect) {
             in_team,
             invalid(),
         ),
+        // Another key of the same kind: the algorithm is right, the signature is not.
         Case::WrongSignature => (
-            JwtKey::hs256().mint(&good_claims("alice")),
+            wrong_key(source).mint(&good_claims("alice")),
             in_team,
             invalid(),
         ),
@@ -230,12 +242,12 @@ async fn check(server: &TestServer, client: ClientBuilder, expect: Expect) {
 #[tokio::test]
 async fn signed_tokens_are_checked_in_every_carrier(
     #[case] case: Case,
-    #[values(Source::Hs256, Source::EdDsa, Source::Es256)] source: Source,
+    #[values(Source::Hs256, Source::EdDsa, Source::Es256, Source::Rs256)] source: Source,
     #[values(Carrier::Query, Carrier::Header, Carrier::Subprotocol)] carrier: Carrier,
 ) {
     let key = source.key();
     let server = jwt_server(&key).await;
-    let (token, room, expect) = scenario(case, &key);
+    let (token, room, expect) = scenario(case, source, &key);
     let client = server.client().room(room).carry(carrier, token);
     check(&server, client, expect).await;
 }
@@ -244,7 +256,7 @@ async fn signed_tokens_are_checked_in_every_carrier(
 #[rstest]
 #[tokio::test]
 async fn an_hs256_token_signed_with_the_public_key_is_refused(
-    #[values(Source::EdDsa, Source::Es256)] source: Source,
+    #[values(Source::EdDsa, Source::Es256, Source::Rs256)] source: Source,
     #[values(Carrier::Query, Carrier::Header, Carrier::Subprotocol)] carrier: Carrier,
 ) {
     let key = source.key();
@@ -366,6 +378,11 @@ async fn two_tabs_of_one_user_are_one_member() {
     }
     // So is the first tab's departure.
     first.close().await;
+    server
+        .wait_for_metrics("the first tab gone", |text| {
+            text.contains(r#"wschat_disconnects_total{reason="client_closed"} 1"#)
+        })
+        .await;
     second.say("still here").await;
     assert!(matches!(bob.recv().await, ServerEvent::Message(m) if m.text == "still here"));
     second.close().await;
@@ -396,8 +413,9 @@ async fn a_user_over_the_connection_limit_gets_429() {
     )
     .await;
     // Guests are not counted per user.
-    for _ in 0..3 {
-        server.client().name("alice").connect_ok().await;
+    let mut guests = Vec::new();
+    for name in ["g1", "g2", "g3"] {
+        guests.push(server.client().name(name).connect_ok().await);
     }
     first.close().await;
     server
@@ -433,13 +451,14 @@ async fn removing_a_user_from_the_file_closes_every_connection_of_theirs() {
         assert_eq!(tab.expect_close().await, (1008, "token revoked".to_owned()));
     }
     assert!(matches!(bob.recv().await, ServerEvent::Leave { user, .. } if user == "alice"));
+    // One leave for both tabs: the next event is bob's own message.
     bob.say("bob stays").await;
-    assert_eq!(bob.recv_message().await.text, "bob stays");
+    assert!(matches!(bob.recv().await, ServerEvent::Message(m) if m.text == "bob stays"));
     let refused = server.client().bearer(&alice_token);
     check(&server, refused, invalid()).await;
     server
         .wait_for_metrics("the reload counted", |text| {
-            text.contains(r#"wschat_reloads_total{source="users_file",result="ok"}"#)
+            !text.contains(r#"wschat_reloads_total{source="users_file",result="ok"} 0"#)
                 && text.contains(r#"wschat_disconnects_total{reason="token_revoked"} 2"#)
         })
         .await;
@@ -473,12 +492,28 @@ async fn a_users_file_that_does_not_parse_at_reload_keeps_the_old_users() {
         .await;
     // A good file afterwards is taken.
     replace_file(users.path(), "");
-    let bob = users.add("bob");
-    server.client().bearer(bob).connect_ok().await;
     assert_eq!(
         alice.expect_close().await,
         (1008, "token revoked".to_owned())
     );
+    let reloads = ok_reloads(&server);
+    let bob = users.add("bob");
+    server
+        .wait_for_metrics("the reload that adds bob", |_| {
+            ok_reloads(&server) > reloads
+        })
+        .await;
+    server.client().bearer(bob).connect_ok().await;
+}
+
+/// How many times the server has read the users file successfully.
+fn ok_reloads(server: &TestServer) -> u64 {
+    let text = server.metrics().render();
+    let prefix = r#"wschat_reloads_total{source="users_file",result="ok"} "#;
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ok reload counter in:\n{text}"))
 }
 
 /// Replaces the file whole (write beside it, then rename), as editors and `wschat users` do, so

@@ -219,10 +219,16 @@ impl Authenticator {
     pub fn session(&self, credential: &Credential, slot: UserSlot) -> Session {
         let watch = match &credential.proof {
             Proof::UsersFile { digest } => match &self.users {
-                Some(users) => Watch::UsersFile {
-                    users: users.current.subscribe(),
-                    digest: *digest,
-                },
+                Some(users) => {
+                    let mut current = users.current.subscribe();
+                    // The token was checked against the users of some moment before now; a
+                    // reload since then must not pass unseen, so the first wait looks at once.
+                    current.mark_changed();
+                    Watch::UsersFile {
+                        users: current,
+                        digest: *digest,
+                    }
+                }
                 None => Watch::Nothing,
             },
             Proof::Jwt {
@@ -299,6 +305,9 @@ impl UsersSource {
     }
 }
 
+/// How long the users file must stay unchanged after a change before it is read again.
+const RELOAD_QUIET: Duration = Duration::from_millis(100);
+
 /// Reads the users file again on SIGHUP and whenever it changes, until `stop`. A file that does
 /// not load keeps the old set; the failure is logged and counted.
 ///
@@ -326,7 +335,13 @@ pub fn watch_users_file(
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                Some(()) = next_change(&mut changed) => {}
+                Some(()) = next_change(&mut changed) => {
+                    // An editor writing in place sends several events; reading between them
+                    // could see half a file. Wait for a quiet moment first.
+                    while let Ok(Some(())) =
+                        tokio::time::timeout(RELOAD_QUIET, next_change(&mut changed)).await
+                    {}
+                }
                 Some(()) = next_hangup(&mut hangup) => {}
             }
             match source.reload() {
@@ -451,10 +466,14 @@ impl Expiry {
         } else {
             self.expires_at_ms.saturating_sub(window_ms)
         };
-        let wait = due_ms.saturating_sub(millis_since_epoch(SystemTime::now()));
-        self.timer
-            .as_mut()
-            .reset(Instant::now() + Duration::from_millis(wait));
+        let wait =
+            Duration::from_millis(due_ms.saturating_sub(millis_since_epoch(SystemTime::now())));
+        let now = Instant::now();
+        // An `exp` centuries away would overflow the clock: a year from now is as good.
+        let due = now
+            .checked_add(wait)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 60 * 60));
+        self.timer.as_mut().reset(due);
     }
 
     fn deadline_ms(&self) -> u64 {
@@ -577,6 +596,29 @@ mod tests {
         assert!(!is_guest_name("guest"));
         assert!(!is_guest_name("guestalice"));
         assert!(!is_guest_name("alice"));
+    }
+
+    /// A user removed by a reload between the handshake's check and the start of the session
+    /// is caught by the session's first wait.
+    #[tokio::test]
+    async fn a_reload_before_the_session_starts_is_not_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        let token = users::add_user(&path, "alice").unwrap();
+        let config = Config {
+            users_file: Some(path.clone()),
+            ..Config::default()
+        };
+        let auth = Authenticator::from_config(&config).unwrap();
+        let Ok(Identity::User(credential)) = auth.authenticate(&token, SystemTime::now()) else {
+            panic!("alice's token is valid");
+        };
+        users::remove_user(&path, "alice").unwrap();
+        auth.users().unwrap().reload().unwrap();
+        let slot = auth.open_slot("alice").unwrap();
+        let mut session = auth.session(&credential, slot);
+        let event = tokio::time::timeout(Duration::from_secs(1), session.next_event()).await;
+        assert_eq!(event, Ok(SessionEvent::Revoked));
     }
 
     #[test]

@@ -94,6 +94,25 @@ impl JwtKey {
         Self::key_pair(&rcgen::PKCS_ECDSA_P256_SHA256, Algorithm::ES256)
     }
 
+    /// An RSA key pair (RS256). Unlike the others it is not fresh: ring, which makes the test
+    /// keys, cannot generate RSA keys, so this is one fixed 2048-bit pair made with
+    /// `openssl genpkey` for tests only (`testkit/src/keys/`). Never trust it anywhere else.
+    pub fn rs256() -> Self {
+        ensure_crypto_provider();
+        let private_pem = include_str!("keys/rs256-test-only.key.pem");
+        let public_key_pem = include_str!("keys/rs256-test-only.pub.pem").to_owned();
+        let encoding = EncodingKey::from_rsa_pem(private_pem.as_bytes())
+            .unwrap_or_else(|error| panic!("RS256 signing key: {error}"));
+        let (dir, key_file) = write_key_file("jwt-public-key.pem", &public_key_pem);
+        Self {
+            algorithm: Algorithm::RS256,
+            encoding,
+            public_key_pem: Some(public_key_pem),
+            key_file,
+            _dir: dir,
+        }
+    }
+
     fn key_pair(rcgen_algorithm: &'static rcgen::SignatureAlgorithm, algorithm: Algorithm) -> Self {
         ensure_crypto_provider();
         let pair = rcgen::KeyPair::generate_for(rcgen_algorithm)
