@@ -443,24 +443,34 @@ async fn users_add_prints_a_token_once_and_the_server_takes_it() {
     );
 }
 
+/// The file the server is given is a symlink into another directory, and the edit goes to the
+/// target: the directory watch does not see it, so only SIGHUP can make the server read it.
 #[tokio::test]
 async fn sighup_reloads_the_users_file_and_closes_removed_users() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("users");
-    let file = file.to_str().unwrap();
-    let (_, alice_token, _) = users_command(&["users", "add", "alice", "--file", file]).await;
-    let (child, addr) = start(&["--listen", "127.0.0.1:0", "--users-file", file]).await;
+    let real = tempfile::tempdir().unwrap();
+    let target = real.path().join("users");
+    let target_str = target.to_str().unwrap();
+    let (_, alice_token, _) = users_command(&["users", "add", "alice", "--file", target_str]).await;
+    let linked = tempfile::tempdir().unwrap();
+    let link = linked.path().join("users");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (child, addr) = start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--users-file",
+        link.to_str().unwrap(),
+    ])
+    .await;
     let mut alice = ClientBuilder::new(addr)
         .bearer(alice_token.trim())
         .connect_ok()
         .await;
-    // Edited in place behind the server's back, then SIGHUP; the watcher may see it first,
-    // which is as good.
-    std::fs::write(file, "# nobody\n").unwrap();
+    std::fs::write(&target, "# nobody\n").unwrap();
     send_signal(&child, "HUP");
     let (code, reason) = alice.expect_close().await;
     assert_eq!((code, reason.as_str()), (1008, "token revoked"));
-    let (removed, _, stderr) = users_command(&["users", "remove", "alice", "--file", file]).await;
+    let (removed, _, stderr) =
+        users_command(&["users", "remove", "alice", "--file", target_str]).await;
     assert_eq!(removed.code(), Some(2), "alice is gone already: {stderr}");
     terminate(&child);
     let (status, logs) = exit_of(child).await;
@@ -500,7 +510,12 @@ async fn identity_files_that_do_not_load_exit_2_with_one_line(
 async fn jwt_tokens_never_reach_the_logs_in_any_carrier() {
     let key = wschat_testkit::JwtKey::ed25519();
     let path = key.public_key_file().to_str().unwrap().to_owned();
-    let (child, addr) = start(&["--listen", "127.0.0.1:0", "--jwt-public-key-file", &path]).await;
+    // At debug level too: hyper and the server log more there.
+    let mut child = wschat(&["--listen", "127.0.0.1:0", "--jwt-public-key-file", &path])
+        .env("RUST_LOG", "debug")
+        .spawn()
+        .expect("the wschat binary starts");
+    let addr = listening_addrs(&mut child, 1).await[0];
     let valid = key.mint(&wschat_testkit::Claims::for_user("alice"));
     let forged = wschat_testkit::JwtKey::ed25519().mint(&wschat_testkit::Claims::for_user("eve"));
     for carrier in [

@@ -823,7 +823,6 @@ impl Client {
         &self.welcome().user
     }
 
-    /// Posts `text` with a `{"type":"say"}` command.
     /// The subprotocol the server answered the handshake with (`wschat` when the client
     /// offered it), if any.
     pub fn subprotocol(&self) -> Option<&str> {
@@ -841,6 +840,7 @@ impl Client {
         self.send_text(&json).await;
     }
 
+    /// Posts `text` with a `{"type":"say"}` command.
     pub async fn say(&mut self, text: &str) {
         let command = serde_json::json!({ "type": "say", "text": text }).to_string();
         self.send_text(&command).await;
