@@ -16,8 +16,16 @@
 //! apart everywhere).
 //!
 //! `--protocol wschat` speaks SPEC §5 (JSON events, `welcome` first); `--protocol raw` treats
-//! every text frame as a broadcast message, for the comparison peers.
+//! every text frame as a broadcast message, for the comparison peers. `--carrier` says where
+//! the token goes (SPEC §10): the `token` query parameter, `Authorization: Bearer`, or
+//! `Sec-WebSocket-Protocol: wschat, bearer.<token>`.
+//!
+//! Two subcommands are not scenarios, both for the identity benchmarks (`benches/identity.sh`):
+//! `mint-jwt` prints a signed token (HS256 or EdDSA), optionally making the key first, and
+//! `auth-cost` times the server's own token check for one source, without the network.
 
+mod auth_cost;
+mod mint;
 mod procfs;
 mod scenarios;
 mod stats;
@@ -37,7 +45,8 @@ struct Cli {
         default_value = "ws://127.0.0.1:3000/"
     )]
     urls: Vec<String>,
-    /// Token sent as the `token` query parameter
+    /// Token every client presents (the shared secret, a users-file token or a JWT), in the
+    /// place `--carrier` says
     #[arg(
         long,
         env = "WSCHAT_TOKEN",
@@ -45,6 +54,9 @@ struct Cli {
         default_value = "mysecrettoken123"
     )]
     token: String,
+    /// Where the token goes
+    #[arg(long, value_enum, default_value_t = Carrier::Query)]
+    carrier: Carrier,
     #[arg(long, value_enum, default_value_t = Protocol::Wschat)]
     protocol: Protocol,
     /// PID of the server process, to report its CPU time per operation and its memory; repeat
@@ -70,6 +82,27 @@ pub enum Protocol {
     Wschat,
     /// every text frame is a message; nothing is sent on connect
     Raw,
+}
+
+/// Where a client puts its token (SPEC §4, §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Carrier {
+    /// The `token` query parameter
+    Query,
+    /// `Authorization: Bearer <token>`
+    Header,
+    /// `Sec-WebSocket-Protocol: wschat, bearer.<token>`, as a browser sends it
+    Subprotocol,
+}
+
+impl Carrier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Carrier::Query => "query",
+            Carrier::Header => "header",
+            Carrier::Subprotocol => "subprotocol",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,14 +149,41 @@ enum Scenario {
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         settle: Duration,
     },
+    /// Not a scenario: print a signed token (JWT) for the identity benchmarks, valid for
+    /// `--ttl`; with `--new-key`, write a fresh key first
+    MintJwt(mint::MintArgs),
+    /// Not a scenario: time the server's token check (`Authenticator::authenticate`) for one
+    /// source, in process, without the network
+    AuthCost(auth_cost::AuthCostArgs),
 }
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    if let Scenario::MintJwt(args) = &cli.scenario {
+        match mint::run(args) {
+            Ok(token) => println!("{token}"),
+            Err(error) => {
+                eprintln!("wschat-load mint-jwt: {error}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    if let Scenario::AuthCost(args) = &cli.scenario {
+        match auth_cost::run(args) {
+            Ok(report) => println!("{report}"),
+            Err(error) => {
+                eprintln!("wschat-load auth-cost: {error}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let target = scenarios::Target {
         urls: cli.urls,
         token: cli.token,
+        carrier: cli.carrier,
         protocol: cli.protocol,
         server_pids: cli.server_pids,
         redis_pid: cli.redis_pid,
@@ -151,6 +211,9 @@ async fn main() {
                 room_size,
                 settle,
             } => scenarios::idle(&target, connections, room_size, settle).await,
+            Scenario::MintJwt(_) | Scenario::AuthCost(_) => {
+                unreachable!("handled before the runtime work")
+            }
         }
     };
     match tokio::time::timeout(cli.deadline, work).await {

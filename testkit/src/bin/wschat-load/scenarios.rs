@@ -9,14 +9,16 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::procfs::{rss_kib, CpuMeter};
 use crate::stats::Report;
-use crate::Protocol;
+use crate::{Carrier, Protocol};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -25,6 +27,8 @@ pub struct Target {
     /// One URL per node (a single server is a cluster of one); clap gives at least one.
     pub urls: Vec<String>,
     pub token: String,
+    /// Where every client puts its token.
+    pub carrier: Carrier,
     pub protocol: Protocol,
     /// The server's processes, one per node; CPU and memory figures are summed over them.
     pub server_pids: Vec<u32>,
@@ -44,18 +48,44 @@ impl Target {
         client % self.nodes()
     }
 
-    /// Where client number `client` connects, with `token`, to `room`.
-    fn url(&self, client: usize, token: &str, room: &str) -> String {
-        let query = form_urlencoded::Serializer::new(String::new())
-            .append_pair("token", token)
-            .append_pair("room", room)
-            .finish();
+    /// How client number `client` connects, with `token` in the target's carrier, to `room`.
+    fn dial(&self, client: usize, token: &str, room: &str) -> Result<Dial, String> {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        let header = match self.carrier {
+            Carrier::Query => {
+                query.append_pair("token", token);
+                None
+            }
+            Carrier::Header => Some((AUTHORIZATION, format!("Bearer {token}"))),
+            Carrier::Subprotocol => {
+                Some((SEC_WEBSOCKET_PROTOCOL, format!("wschat, bearer.{token}")))
+            }
+        };
+        let header = header
+            .map(|(name, value)| {
+                HeaderValue::from_str(&value)
+                    .map(|value| (name, value))
+                    .map_err(|_| "the token cannot be sent in a header".to_owned())
+            })
+            .transpose()?;
+        let query = query.append_pair("room", room).finish();
         let base = self
             .urls
             .get(self.node_of(client))
             .map_or("", String::as_str);
-        format!("{base}?{query}")
+        Ok(Dial {
+            url: format!("{base}?{query}"),
+            header,
+        })
     }
+}
+
+/// One client's way in: the URL and, unless the token is in the query, the header carrying it.
+/// A fresh request (with a fresh `Sec-WebSocket-Key`) is built from it for every connection.
+#[derive(Clone)]
+struct Dial {
+    url: String,
+    header: Option<(HeaderName, HeaderValue)>,
 }
 
 /// Starts every message text, so a receiver can find sender, sequence and send time in any
@@ -70,8 +100,12 @@ fn micros_since(base: Instant) -> u64 {
     base.elapsed().as_micros() as u64
 }
 
-async fn connect(url: &str) -> Result<Socket, WsError> {
-    tokio_tungstenite::connect_async_with_config(url, None, true)
+async fn connect(dial: &Dial) -> Result<Socket, WsError> {
+    let mut request = dial.url.as_str().into_client_request()?;
+    if let Some((name, value)) = &dial.header {
+        request.headers_mut().insert(name.clone(), value.clone());
+    }
+    tokio_tungstenite::connect_async_with_config(request, None, true)
         .await
         .map(|(socket, _)| socket)
 }
@@ -97,18 +131,18 @@ pub async fn handshake(
     let started = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..concurrency {
-        let url = target.url(
+        let dial = target.dial(
             worker as usize,
             &token,
             &format!("hs-{}-{worker}", target.run),
-        );
+        )?;
         let (next, outcomes, data_frames) = (next.clone(), outcomes.clone(), data_frames.clone());
         let protocol = target.protocol;
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < connections {
                 let opened = Instant::now();
-                let outcome = match connect(&url).await {
+                let outcome = match connect(&dial).await {
                     Ok(mut socket) => {
                         latencies.push(opened.elapsed().as_micros() as u64);
                         complete(&mut socket, protocol, authenticated, &data_frames).await
@@ -134,6 +168,7 @@ pub async fn handshake(
         )
         .set("connections", connections)
         .set("concurrency", concurrency)
+        .set("carrier", target.carrier.name())
         .set(
             "per_sec",
             (connections as f64 / elapsed.as_secs_f64()).round(),
@@ -254,7 +289,7 @@ pub async fn fanout(
     let mut sinks = Vec::new();
     let mut readers = Vec::new();
     for member in 0..members {
-        let socket = connect(&target.url(member, &target.token, &room))
+        let socket = connect(&target.dial(member, &target.token, &room)?)
             .await
             .map_err(|error| format!("connect member {member}: {error}"))?;
         let (sink, stream) = socket.split();
@@ -526,7 +561,7 @@ pub async fn idle(
     let mut readers = Vec::with_capacity(connections);
     for index in 0..connections {
         let room = format!("idle-{}-{}", target.run, index / room_size.max(1));
-        let socket = connect(&target.url(index, &target.token, &room))
+        let socket = connect(&target.dial(index, &target.token, &room)?)
             .await
             .map_err(|error| format!("connect #{index}: {error}"))?;
         readers.push(tokio::spawn(async move {
