@@ -59,6 +59,15 @@ async fn jwt_server(key: &JwtKey) -> TestServer {
     .await
 }
 
+/// A server whose only token source is `users`: no shared secret, so no guests.
+async fn users_only_server(users: &TestUsers) -> TestServer {
+    TestServer::start_with(|config| {
+        config.token = None;
+        users.configure(config);
+    })
+    .await
+}
+
 /// Claims every check passes: the right issuer and audience, and the `team-*` rooms.
 fn good_claims(sub: &str) -> Claims {
     Claims::for_user(sub)
@@ -272,11 +281,7 @@ async fn users_file_tokens_name_their_user_in_every_carrier(
     #[values(Carrier::Query, Carrier::Header, Carrier::Subprotocol)] carrier: Carrier,
 ) {
     let users = TestUsers::new(&["alice", "bob"]);
-    let server = TestServer::start_with(|config| {
-        config.token = None;
-        users.configure(config);
-    })
-    .await;
+    let server = users_only_server(&users).await;
     // The `name` parameter is ignored for a user.
     let alice = server
         .client()
@@ -292,11 +297,7 @@ async fn users_file_tokens_name_their_user_in_every_carrier(
 #[tokio::test]
 async fn the_development_token_is_off_beside_a_per_user_source() {
     let users = TestUsers::new(&["alice"]);
-    let server = TestServer::start_with(|config| {
-        config.token = None;
-        users.configure(config);
-    })
-    .await;
+    let server = users_only_server(&users).await;
     let development = server.client().token(wschat::DEVELOPMENT_TOKEN);
     check(&server, development, invalid()).await;
 }
@@ -347,11 +348,7 @@ async fn guests_beside_users_are_named_guest_something() {
 #[tokio::test]
 async fn two_tabs_of_one_user_are_one_member() {
     let users = TestUsers::new(&["alice", "bob"]);
-    let server = TestServer::start_with(|config| {
-        config.token = None;
-        users.configure(config);
-    })
-    .await;
+    let server = users_only_server(&users).await;
     let mut bob = server
         .client()
         .bearer(users.token("bob"))
@@ -429,11 +426,7 @@ async fn a_user_over_the_connection_limit_gets_429() {
 #[tokio::test]
 async fn removing_a_user_from_the_file_closes_every_connection_of_theirs() {
     let mut users = TestUsers::new(&["alice", "bob"]);
-    let server = TestServer::start_with(|config| {
-        config.token = None;
-        users.configure(config);
-    })
-    .await;
+    let server = users_only_server(&users).await;
     let mut bob = server
         .client()
         .bearer(users.token("bob"))
@@ -467,11 +460,7 @@ async fn removing_a_user_from_the_file_closes_every_connection_of_theirs() {
 #[tokio::test]
 async fn a_users_file_that_does_not_parse_at_reload_keeps_the_old_users() {
     let mut users = TestUsers::new(&["alice"]);
-    let server = TestServer::start_with(|config| {
-        config.token = None;
-        users.configure(config);
-    })
-    .await;
+    let server = users_only_server(&users).await;
     let mut alice = server
         .client()
         .bearer(users.token("alice"))
