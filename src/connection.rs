@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -295,8 +296,10 @@ enum Reply {
     Posted(Backlog),
     /// On its way through Redis; the answer comes later, in order.
     Pending(PendingPost),
-    /// Refused; this `error` event goes back to the client.
-    Error(Message),
+    /// This frame goes back to the client alone: an `error`, or `refreshed`.
+    Answer(Message),
+    /// The frame ends the connection (a `refresh` whose rooms exclude this one).
+    End(Ending),
 }
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up.
@@ -451,10 +454,10 @@ impl Connection {
                     },
                     Due::Nothing => {}
                 },
-                event = next_session_event(&mut self.session) => match event {
+                event = std::future::poll_fn(|cx| poll_session(&mut self.session, cx)) => match event {
                     SessionEvent::Expiring { expires_at_ms } => {
-                        let expiring = ServerEvent::Expiring { exp: expires_at_ms };
-                        if let Err(ending) = self.write(Some(Message::Text(expiring.to_json().into()))).await {
+                        let expiring = event_frame(&ServerEvent::Expiring { exp: expires_at_ms });
+                        if let Err(ending) = self.write(Some(expiring)).await {
                             return ending;
                         }
                     }
@@ -500,16 +503,7 @@ impl Connection {
                         continue;
                     }
                     refused_in_a_row = 0;
-                    let frame = match parse_client_frame(text.as_str()) {
-                        ClientFrame::Refresh(token) => {
-                            if let Err(ending) = self.refresh(&token).await {
-                                return ending;
-                            }
-                            continue;
-                        }
-                        frame => frame,
-                    };
-                    match self.handle_frame(frame) {
+                    match self.handle_frame(parse_client_frame(text.as_str())) {
                         // Frames already buffered would otherwise be read and posted without a
                         // pause. Once some member's queue is half full, yielding lets the
                         // members catch up first, so a client pipelining thousands of frames
@@ -521,9 +515,10 @@ impl Connection {
                             .posts_in_flight
                             .get_or_insert_with(Default::default)
                             .push_back(posting),
-                        Ok(Reply::Error(error)) => if let Err(ending) = self.write(Some(error)).await {
+                        Ok(Reply::Answer(answer)) => if let Err(ending) = self.write(Some(answer)).await {
                             return ending;
                         },
+                        Ok(Reply::End(ending)) => return ending,
                         Err(failed) => if let Err(ending) = self.answer_post(Err(failed)).await {
                             return ending;
                         },
@@ -559,48 +554,42 @@ impl Connection {
     }
 
     /// Acts on one client frame other than `refresh`.
-    fn handle_frame(&self, frame: ClientFrame) -> Result<Reply, SayError> {
+    fn handle_frame(&mut self, frame: ClientFrame) -> Result<Reply, SayError> {
         Ok(match frame {
             ClientFrame::Say(text) if text.trim().is_empty() => {
-                Reply::Error(error_event(ErrorCode::EmptyMessage, "message is empty"))
+                Reply::Answer(error_event(ErrorCode::EmptyMessage, "message is empty"))
             }
             ClientFrame::Say(text) => match self.membership.post(text) {
                 Posting::Done(posted) => Reply::Posted(posted?),
                 Posting::Pending(posting) => Reply::Pending(posting),
             },
             ClientFrame::BadRequest(reason) => {
-                Reply::Error(error_event(ErrorCode::BadRequest, &reason))
+                Reply::Answer(error_event(ErrorCode::BadRequest, &reason))
             }
-            // Handled by `refresh` before this is called.
-            ClientFrame::Refresh(_) => Reply::Error(error_event(
-                ErrorCode::BadRequest,
-                "this connection's token does not expire",
-            )),
+            ClientFrame::Refresh(token) => self.refresh(&token),
         })
     }
 
     /// Answers a `refresh` command (SPEC §10): `refreshed`, or an error that changes nothing,
     /// or the end of the connection when the new token no longer allows its room.
-    async fn refresh(&mut self, token: &str) -> Result<(), Ending> {
+    fn refresh(&mut self, token: &str) -> Reply {
         let room = self.membership.room();
         let outcome = match self.session.as_deref_mut() {
             Some(session) => session.refresh(token, room),
             None => Err(RefreshError::NotRefreshable),
         };
         let reply = match outcome {
-            Ok(Refreshed::Until { expires_at_ms }) => Message::Text(
-                ServerEvent::Refreshed { exp: expires_at_ms }
-                    .to_json()
-                    .into(),
-            ),
-            Ok(Refreshed::RoomNotAllowed) => return Err(Ending::RoomNotAllowed),
+            Ok(Refreshed::Until { expires_at_ms }) => {
+                event_frame(&ServerEvent::Refreshed { exp: expires_at_ms })
+            }
+            Ok(Refreshed::RoomNotAllowed) => return Reply::End(Ending::RoomNotAllowed),
             Err(RefreshError::NotRefreshable) => error_event(
                 ErrorCode::BadRequest,
                 "this connection's token does not expire",
             ),
             Err(RefreshError::Invalid(why)) => error_event(ErrorCode::InvalidToken, why),
         };
-        self.write(Some(reply)).await
+        Reply::Answer(reply)
     }
 
     /// Sends `reply` (a frame for this client alone), or with `None` the batch of room
@@ -713,10 +702,10 @@ async fn linger(mut socket: Socket) {
 }
 
 /// The next thing a per-user session asks for; never, for a guest.
-async fn next_session_event(session: &mut Option<Box<Session>>) -> SessionEvent {
+fn poll_session(session: &mut Option<Box<Session>>, cx: &mut Context<'_>) -> Poll<SessionEvent> {
     match session {
-        Some(session) => session.next_event().await,
-        None => std::future::pending().await,
+        Some(session) => session.poll_event(cx),
+        None => Poll::Pending,
     }
 }
 
@@ -729,6 +718,12 @@ fn ending_for(error: WsError) -> Ending {
         WsError::Protocol(_) | WsError::AttackAttempt => Ending::ProtocolError,
         _ => Ending::Gone,
     }
+}
+
+/// `event` as a frame for one client. A function of its own, so that no `ServerEvent` (the
+/// largest is a `welcome`) is held across an await in the connection's loop.
+fn event_frame(event: &ServerEvent) -> Message {
+    Message::Text(event.to_json().into())
 }
 
 fn error_event(code: ErrorCode, message: &str) -> Message {

@@ -18,14 +18,16 @@ pub mod jwt;
 pub mod users;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, ReusableBoxFuture};
 
 use crate::config::{Config, ConfigError, Token, DEVELOPMENT_TOKEN};
 use crate::hub::lock;
@@ -225,7 +227,7 @@ impl Authenticator {
                     // reload since then must not pass unseen, so the first wait looks at once.
                     current.mark_changed();
                     Watch::UsersFile {
-                        users: current,
+                        change: ReusableBoxFuture::new(next_users_change(current)),
                         digest: *digest,
                     }
                 }
@@ -440,10 +442,19 @@ pub struct Session {
 enum Watch {
     Nothing,
     UsersFile {
-        users: watch::Receiver<Arc<Users>>,
+        /// The next change of the users, owning the receiver while it waits.
+        change: ReusableBoxFuture<'static, UsersChange>,
         digest: [u8; 32],
     },
     Jwt(Expiry),
+}
+
+/// Whether the users can still change (the server is not going away), and the receiver.
+type UsersChange = (bool, watch::Receiver<Arc<Users>>);
+
+async fn next_users_change(mut users: watch::Receiver<Arc<Users>>) -> UsersChange {
+    let open = users.changed().await.is_ok();
+    (open, users)
 }
 
 /// A JWT connection's expiry: one timer, set to the next thing due.
@@ -512,40 +523,49 @@ pub enum Refreshed {
 }
 
 impl Session {
-    /// Waits for the next thing the connection must act on. Never resolves for a session with
-    /// nothing to watch.
-    pub async fn next_event(&mut self) -> SessionEvent {
+    /// Polls for the next thing the connection must act on; never ready for a session with
+    /// nothing to watch. A poll function rather than an `async fn`: the connection's `select!`
+    /// keeps each branch's future inline, and every idle connection would pay for the space.
+    pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<SessionEvent> {
         match &mut self.watch {
-            Watch::Nothing => std::future::pending().await,
-            Watch::UsersFile { users, digest } => loop {
-                if users.changed().await.is_err() {
-                    // The server is going away; shutdown ends the connection.
-                    std::future::pending::<()>().await;
+            Watch::Nothing => Poll::Pending,
+            Watch::UsersFile { change, digest } => loop {
+                let (open, mut users) = ready!(change.poll(cx));
+                if !open {
+                    // The server is going away; its shutdown ends the connection.
+                    self.watch = Watch::Nothing;
+                    return Poll::Pending;
                 }
                 let still_valid = users
                     .borrow_and_update()
                     .name_of_digest(digest)
                     .is_some_and(|name| **name == *self.name);
+                change.set(next_users_change(users));
                 if !still_valid {
-                    return SessionEvent::Revoked;
+                    return Poll::Ready(SessionEvent::Revoked);
                 }
             },
             Watch::Jwt(expiry) => loop {
-                expiry.timer.as_mut().await;
+                ready!(expiry.timer.as_mut().poll(cx));
                 if !expiry.warned {
                     expiry.warned = true;
                     expiry.arm();
-                    return SessionEvent::Expiring {
+                    return Poll::Ready(SessionEvent::Expiring {
                         expires_at_ms: expiry.expires_at_ms,
-                    };
+                    });
                 }
                 if millis_since_epoch(SystemTime::now()) >= expiry.deadline_ms() {
-                    return SessionEvent::Expired;
+                    return Poll::Ready(SessionEvent::Expired);
                 }
                 // The wall clock moved against the monotonic one: wait the rest.
                 expiry.arm();
             },
         }
+    }
+
+    /// Waits for the next thing the connection must act on (see [`Session::poll_event`]).
+    pub async fn next_event(&mut self) -> SessionEvent {
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 
     /// Applies a `refresh` command's token to a connection in `room`.
