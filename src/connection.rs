@@ -341,7 +341,7 @@ impl RateLimiter {
 /// `--max-connections`, and for a per-user identity its session (SPEC §10).
 pub struct Seat {
     pub permit: OwnedSemaphorePermit,
-    pub session: Option<Session>,
+    pub session: Option<Box<Session>>,
 }
 
 /// One accepted chat connection, from its `welcome` to its close frame.
@@ -378,7 +378,7 @@ impl Connection {
             _capacity_permit: seat.permit,
             membership: joined.membership,
             events: joined.events,
-            session: seat.session.map(Box::new),
+            session: seat.session,
             posts_in_flight: None,
             keepalive: Keepalive::new(limits.ping_interval, limits.idle_timeout),
             limits,

@@ -81,8 +81,9 @@ pub enum PendingUpgrade {
         upgrade: OnUpgrade,
         reservation: Reservation,
         permit: OwnedSemaphorePermit,
-        /// What a per-user connection watches (expiry, revocation); `None` for guests.
-        session: Option<Session>,
+        /// What a per-user connection watches (expiry, revocation); `None` for guests. Boxed:
+        /// the connection's task keeps room for a pending upgrade all its life.
+        session: Option<Box<Session>>,
     },
     /// Auth-failure mode `close`: the socket only gets close 1008 with this reason.
     Refuse {
@@ -226,8 +227,8 @@ async fn upgrade(
                 Ok(reservation) => reservation,
                 Err(rejection) => return reject(rejection),
             };
-            let session =
-                slot.map(|(credential, slot)| state.policy.auth.session(credential, slot));
+            let session = slot
+                .map(|(credential, slot)| Box::new(state.policy.auth.session(credential, slot)));
             let upgrade = hyper::upgrade::on(&mut request);
             (
                 admission.accept_key,
