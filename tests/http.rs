@@ -122,8 +122,12 @@ async fn the_page_is_the_chat_client() {
     );
     assert!(page.contains("new WebSocket("), "{page}");
     assert!(
-        page.contains("token="),
-        "the page shows how other clients connect"
+        page.contains(r#""bearer.""#),
+        "the page sends its token in the subprotocol (SPEC §10)"
+    );
+    assert!(
+        page.contains("Authorization: Bearer YOUR_TOKEN"),
+        "the page shows how other clients connect, with the token in no URL"
     );
     // Everything user-typed goes through textContent; the CSP's Trusted Types would refuse
     // an HTML sink anyway, but it should not even be written.
