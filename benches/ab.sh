@@ -108,36 +108,8 @@ fi
 declare -A WSCHAT=([old]="${DIR[old]}/target/release/wschat" [new]="${DIR[new]}/target/release/wschat")
 LOAD="${DIR[new]}/target/release/wschat-load"
 
-# busy: the share of the whole machine's CPU time used over the next second (0 to 1).
-busy() {
-  python3 - <<'PY'
-import time
-def sample():
-    fields = [int(v) for v in open("/proc/stat").readline().split()[1:9]]
-    return sum(fields), fields[3] + fields[4]
-total1, idle1 = sample()
-time.sleep(1)
-total2, idle2 = sample()
-print(round(1 - (idle2 - idle1) / max(total2 - total1, 1), 3))
-PY
-}
-
-# wait_for_quiet: as in identity.sh; sets BUSY_BEFORE.
-wait_for_quiet() {
-  local waited=0
-  BUSY_BEFORE=$(busy)
-  while python3 -c 'import sys; sys.exit(float(sys.argv[1]) < float(sys.argv[2]))' \
-      "$BUSY_BEFORE" "$QUIET_BELOW"; do
-    if [ "$waited" -ge "$QUIET_WAIT" ]; then
-      echo "the machine is still busy ($BUSY_BEFORE); measuring anyway" >&2
-      return 0
-    fi
-    [ "$waited" -eq 0 ] && echo "waiting for the machine to be idle (busy: $BUSY_BEFORE)..." >&2
-    sleep 4
-    waited=$((waited + 5))
-    BUSY_BEFORE=$(busy)
-  done
-}
+# shellcheck source=benches/quiet.sh
+source benches/quiet.sh # the scripts run from the repository root (cd above)
 
 # start_server VERSION LOG: a pinned wschat of that version on a free port; sets SERVER_PID
 # and SERVER_URL (read from its "listening on" line).
