@@ -108,8 +108,8 @@ fi
 declare -A WSCHAT=([old]="${DIR[old]}/target/release/wschat" [new]="${DIR[new]}/target/release/wschat")
 LOAD="${DIR[new]}/target/release/wschat-load"
 
-# shellcheck source=benches/quiet.sh
-source benches/quiet.sh # the scripts run from the repository root (cd above)
+# shellcheck source=benches/lib.sh
+source benches/lib.sh # the scripts run from the repository root (cd above)
 
 # start_server VERSION LOG: a pinned wschat of that version on a free port; sets SERVER_PID
 # and SERVER_URL (read from its "listening on" line).
@@ -120,11 +120,7 @@ start_server() {
     --rate-limit 0 --send-queue 16384 --auth-fail-limit 0 --max-connections 20000 >"$2" 2>&1 &
   SERVER_PID=$!
   STARTED+=("$SERVER_PID")
-  for _ in $(seq 100); do
-    url=$(sed -n 's|^wschat listening on \(ws://[^ ]*\)$|\1/|p' "$2" 2>/dev/null | head -n 1)
-    [ -n "$url" ] && break
-    sleep 0.05
-  done
+  url=$(listening_url "$2") || true
   if [ -z "$url" ]; then
     echo "wschat ($1) did not start; see $2" >&2
     return 1

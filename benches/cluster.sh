@@ -53,37 +53,8 @@ echo "building release binaries..." >&2
 cargo build --quiet --release -p wschat --bin wschat -p wschat-testkit --bin wschat-load
 LOAD=target/release/wschat-load
 
-# busy: the share of the whole machine's CPU time used over the next second (0 to 1).
-busy() {
-  python3 - <<'PY'
-import time
-def sample():
-    fields = [int(v) for v in open("/proc/stat").readline().split()[1:9]]
-    return sum(fields), fields[3] + fields[4]
-total1, idle1 = sample()
-time.sleep(1)
-total2, idle2 = sample()
-print(round(1 - (idle2 - idle1) / max(1, total2 - total1), 3))
-PY
-}
-
-# wait_for_quiet: waits until the machine is idle (busy under QUIET_BELOW, 5% by default, for
-# a second), at most QUIET_WAIT seconds; sets BUSY_BEFORE to the last measurement.
-wait_for_quiet() {
-  local waited=0
-  BUSY_BEFORE=$(busy)
-  while python3 -c 'import sys; sys.exit(float(sys.argv[1]) < float(sys.argv[2]))' \
-      "$BUSY_BEFORE" "$QUIET_BELOW"; do
-    if [ "$waited" -ge "$QUIET_WAIT" ]; then
-      echo "the machine is still busy ($BUSY_BEFORE); measuring anyway" >&2
-      return 0
-    fi
-    [ "$waited" -eq 0 ] && echo "waiting for the machine to be idle (busy: $BUSY_BEFORE)..." >&2
-    sleep 4
-    waited=$((waited + 5))
-    BUSY_BEFORE=$(busy)
-  done
-}
+# shellcheck source=benches/lib.sh
+source benches/lib.sh # the script runs from the repository root (cd above)
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -121,11 +92,7 @@ start_node() {
     --rate-limit 0 --send-queue 16384 --auth-fail-limit 0 "$@" >"$log" 2>&1 &
   local pid=$!
   STARTED+=("$pid")
-  for _ in $(seq 100); do
-    url=$(sed -n 's|^wschat listening on \(ws://[^ ]*\)$|\1/|p' "$log" 2>/dev/null | head -n 1)
-    [ -n "$url" ] && break
-    sleep 0.05
-  done
+  url=$(listening_url "$log") || true
   if [ -z "$url" ]; then
     echo "wschat did not start; see $log" >&2
     return 1

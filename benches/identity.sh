@@ -92,8 +92,8 @@ source_token() {
   esac
 }
 
-# shellcheck source=benches/quiet.sh
-source benches/quiet.sh # the scripts run from the repository root (cd above)
+# shellcheck source=benches/lib.sh
+source benches/lib.sh # the scripts run from the repository root (cd above)
 
 # stat_ticks PID: utime + stime of the process (all its threads), in clock ticks.
 stat_ticks() {
@@ -114,11 +114,7 @@ start_server() {
     --max-connections-per-user 1000000 >"$log" 2>&1 &
   pid=$!
   SERVER_PID[$1]=$pid
-  for _ in $(seq 100); do
-    url=$(sed -n 's|^wschat listening on \(ws://[^ ]*\)$|\1/|p' "$log" 2>/dev/null | head -n 1)
-    [ -n "$url" ] && break
-    sleep 0.05
-  done
+  url=$(listening_url "$log") || true
   if [ -z "$url" ]; then
     echo "wschat ($1) did not start; see $log" >&2
     return 1

@@ -1,6 +1,7 @@
-# Shared by the benchmark scripts (sourced): waiting until the machine is idle before a
-# measured round, since this VM's speed drifts and a busy neighbour skews a run.
-# Needs QUIET_BELOW (a fraction of all CPUs) and QUIET_WAIT (seconds) set by the caller.
+# Shared by the benchmark scripts (sourced from the repository root): waiting until the
+# machine is idle before a measured round, since this VM's speed drifts and a busy neighbour
+# skews a run, and reading a started server's address.
+# wait_for_quiet needs QUIET_BELOW (a fraction of all CPUs) and QUIET_WAIT (seconds).
 
 # busy: the fraction of CPU time spent busy over the next second, from /proc/stat.
 busy() {
@@ -32,4 +33,16 @@ wait_for_quiet() {
     waited=$((waited + 5))
     BUSY_BEFORE=$(busy)
   done
+}
+
+# listening_url LOG: the first `wschat listening on ws://ADDR` of a server logging to LOG, as
+# `ws://ADDR/`, waiting up to 5 s for it; prints nothing (and fails) if it never comes.
+listening_url() {
+  local url=""
+  for _ in $(seq 100); do
+    url=$(sed -n 's|^wschat listening on \(ws://[^ ]*\)$|\1/|p' "$1" 2>/dev/null | head -n 1)
+    [ -n "$url" ] && break
+    sleep 0.05
+  done
+  [ -n "$url" ] && echo "$url"
 }
